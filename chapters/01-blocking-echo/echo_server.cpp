@@ -1,0 +1,92 @@
+// Chapter 1 - A blocking echo server. See echo_server.h and docs/pages/ch01.md.
+#include "echo_server.h"
+
+#include <iostream>
+
+namespace ch01 {
+
+namespace {
+// One read at a time, at most this much. The size does not limit what a client may
+// send: a longer message simply arrives over several recv() calls.
+constexpr std::size_t kBufferSize = 16 * 1024;
+}  // namespace
+
+EchoServer::EchoServer(iocp::Endpoint where) : where_(std::move(where)) {}
+
+EchoServer::~EchoServer() { stop(); }
+
+//! [start]
+void EchoServer::start() {
+    listener_ = iocp::listen_tcp(where_);           // socket + bind + listen
+    port_ = iocp::local_port(listener_.get());      // the real port when asked for 0
+    thread_ = std::thread([this] { run(); });
+}
+//! [start]
+
+//! [accept-loop]
+void EchoServer::run() {
+    while (!stopping_) {
+        // Blocks until a client connects. While we are inside serve() below, new
+        // clients are not refused: the kernel completes their handshake and queues
+        // them (the listen backlog) until we come back here.
+        iocp::UniqueSocket client(::accept(listener_.get(), nullptr, nullptr));
+        if (!client) {
+            if (stopping_) break;
+            std::cerr << "ch01: accept failed: " << iocp::error_text(iocp::last_socket_error()) << "\n";
+            continue;  // e.g. a client that reset while still in the backlog
+        }
+        if (stopping_) break;  // the wake-up connection from stop()
+        serve(client.get());
+    }
+}
+//! [accept-loop]
+
+void EchoServer::serve(iocp::socket_t client) {
+    {
+        std::lock_guard lock(mutex_);
+        current_ = client;
+    }
+    ++live_;
+    //! [echo-loop]
+    char buffer[kBufferSize];
+    for (;;) {
+        const auto n = ::recv(client, buffer, static_cast<int>(sizeof buffer), 0);
+        if (n == 0) break;  // the client sent FIN: everything it sent has been echoed
+        if (n < 0) {
+            const int err = iocp::last_socket_error();
+            if (!stopping_ && !iocp::is_disconnect_error(err))
+                std::cerr << "ch01: recv failed: " << iocp::error_text(err) << "\n";
+            break;  // a reset, or stop() woke us: either way this client is done
+        }
+        // recv() returns what has arrived so far, which may be part of what the
+        // client sent, or several of its sends run together. TCP is a byte stream.
+        // Echo exactly those n bytes; send_all loops until all of them went out.
+        if (iocp::send_all(client, buffer, static_cast<std::size_t>(n)) != iocp::SendResult::kSent)
+            break;
+    }
+    //! [echo-loop]
+    {
+        std::lock_guard lock(mutex_);
+        current_ = iocp::kInvalidSocket;
+    }
+    --live_;
+    ++served_;
+}  // the caller's UniqueSocket closes the client socket
+
+//! [stop]
+void EchoServer::stop() {
+    if (!thread_.joinable()) return;
+    stopping_ = true;
+    {
+        // A thread blocked in recv() or send() for the current client wakes up...
+        std::lock_guard lock(mutex_);
+        if (current_ != iocp::kInvalidSocket) iocp::interrupt_blocking_io(current_);
+    }
+    // ...and one blocked in accept() gets a connection to return.
+    iocp::poke_listener(listener_.get());
+    thread_.join();
+    listener_.reset();  // clients still waiting in the backlog see the connection reset
+}
+//! [stop]
+
+}  // namespace ch01

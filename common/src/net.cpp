@@ -1,0 +1,298 @@
+// common/net.cpp - see net.h.
+#include "iocp/net.h"
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+#ifndef _WIN32
+#include <fcntl.h>
+#include <netdb.h>
+#include <netinet/tcp.h>
+#include <sys/types.h>
+#endif
+
+namespace iocp {
+
+// ---------------------------------------------------------------------------------------
+// Errors
+
+int last_socket_error() {
+#ifdef _WIN32
+    return WSAGetLastError();
+#else
+    return errno;
+#endif
+}
+
+std::string error_text(int code) {
+#ifdef _WIN32
+    char* text = nullptr;
+    const DWORD n = FormatMessageA(
+        FORMAT_MESSAGE_ALLOCATE_BUFFER | FORMAT_MESSAGE_FROM_SYSTEM | FORMAT_MESSAGE_IGNORE_INSERTS,
+        nullptr, static_cast<DWORD>(code), MAKELANGID(LANG_NEUTRAL, SUBLANG_DEFAULT),
+        reinterpret_cast<char*>(&text), 0, nullptr);
+    std::string out = n ? std::string(text, n) : "unknown error";
+    if (text) LocalFree(text);
+    while (!out.empty() && (out.back() == '\n' || out.back() == '\r' || out.back() == ' '))
+        out.pop_back();
+    return out;
+#else
+    return std::strerror(code);
+#endif
+}
+
+SystemError::SystemError(std::string call, int code)
+    : std::runtime_error(call + " failed: " + std::to_string(code) + " " + error_text(code)),
+      call_(std::move(call)),
+      code_(code) {}
+
+void throw_socket_error(const char* call) { throw SystemError(call, last_socket_error()); }
+
+bool is_disconnect_error(int code) {
+#ifdef _WIN32
+    return code == WSAECONNRESET || code == WSAECONNABORTED || code == WSAENETRESET ||
+           code == WSAESHUTDOWN || code == WSAENOTCONN || code == ERROR_NETNAME_DELETED ||
+           code == ERROR_OPERATION_ABORTED;
+#else
+    return code == ECONNRESET || code == ECONNABORTED || code == EPIPE || code == ENOTCONN ||
+           code == ESHUTDOWN || code == ETIMEDOUT;
+#endif
+}
+
+bool is_would_block(int code) {
+#ifdef _WIN32
+    return code == WSAEWOULDBLOCK;
+#else
+    return code == EAGAIN || code == EWOULDBLOCK;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------
+// Start-up and ownership
+
+WinsockGuard::WinsockGuard() {
+#ifdef _WIN32
+    WSADATA data;
+    if (const int rc = WSAStartup(MAKEWORD(2, 2), &data); rc != 0)  // returns the error
+        throw SystemError("WSAStartup", rc);
+#endif
+}
+
+WinsockGuard::~WinsockGuard() {
+#ifdef _WIN32
+    WSACleanup();
+#endif
+}
+
+void close_socket(socket_t s) noexcept {
+    if (s == kInvalidSocket) return;
+#ifdef _WIN32
+    closesocket(s);
+#else
+    ::close(s);
+#endif
+}
+
+void UniqueSocket::reset(socket_t s) noexcept {
+    if (s_ != kInvalidSocket) close_socket(s_);
+    s_ = s;
+}
+
+// ---------------------------------------------------------------------------------------
+// Addresses and listeners
+
+namespace {
+
+struct AddrInfoDeleter {
+    void operator()(addrinfo* ai) const noexcept { freeaddrinfo(ai); }
+};
+
+// Numeric addresses only: a tutorial server binds what the reader typed, no DNS.
+addrinfo* resolve(const Endpoint& where, bool passive) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
+    const std::string port = std::to_string(where.port);
+    addrinfo* result = nullptr;
+    if (const int rc = getaddrinfo(where.host.c_str(), port.c_str(), &hints, &result); rc != 0) {
+#ifdef _WIN32
+        throw SystemError("getaddrinfo(" + where.host + ")", rc);
+#else
+        throw std::runtime_error("getaddrinfo(" + where.host + ") failed: " + gai_strerror(rc));
+#endif
+    }
+    return result;
+}
+
+std::string format_address(const sockaddr_storage& ss) {
+    char host[INET6_ADDRSTRLEN] = {};
+    std::uint16_t port = 0;
+    if (ss.ss_family == AF_INET6) {
+        const auto& a6 = reinterpret_cast<const sockaddr_in6&>(ss);
+        inet_ntop(AF_INET6, &a6.sin6_addr, host, sizeof host);
+        port = ntohs(a6.sin6_port);
+        return "[" + std::string(host) + "]:" + std::to_string(port);
+    }
+    const auto& a4 = reinterpret_cast<const sockaddr_in&>(ss);
+    inet_ntop(AF_INET, &a4.sin_addr, host, sizeof host);
+    port = ntohs(a4.sin_port);
+    return std::string(host) + ":" + std::to_string(port);
+}
+
+}  // namespace
+
+std::string to_string(const Endpoint& e) {
+    const bool v6 = e.host.find(':') != std::string::npos;
+    return (v6 ? "[" + e.host + "]" : e.host) + ":" + std::to_string(e.port);
+}
+
+UniqueSocket listen_tcp(const Endpoint& where, int backlog) {
+    std::unique_ptr<addrinfo, AddrInfoDeleter> ai(resolve(where, true));
+    UniqueSocket s(::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol));
+    if (!s) throw_socket_error("socket");
+    const int one = 1;
+#ifdef _WIN32
+    // On Windows SO_REUSEADDR would let another process bind the same port and steal
+    // connections; SO_EXCLUSIVEADDRUSE is the safe opposite. Windows has no TIME_WAIT
+    // problem for listeners that SO_REUSEADDR would be needed for.
+    setsockopt(s.get(), SOL_SOCKET, SO_EXCLUSIVEADDRUSE, reinterpret_cast<const char*>(&one), sizeof one);
+#else
+    // Lets a restarted server bind while old connections sit in TIME_WAIT.
+    setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+#endif
+    if (::bind(s.get(), ai->ai_addr, static_cast<int>(ai->ai_addrlen)) != 0)
+        throw_socket_error(("bind(" + where.host + ":" + std::to_string(where.port) + ")").c_str());
+    if (::listen(s.get(), backlog) != 0) throw_socket_error("listen");
+    return s;
+}
+
+std::uint16_t local_port(socket_t s) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getsockname(s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) throw_socket_error("getsockname");
+    if (ss.ss_family == AF_INET6) return ntohs(reinterpret_cast<const sockaddr_in6&>(ss).sin6_port);
+    return ntohs(reinterpret_cast<const sockaddr_in&>(ss).sin_port);
+}
+
+std::string local_address(socket_t s) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getsockname(s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+    return format_address(ss);
+}
+
+std::string peer_address(socket_t s) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getpeername(s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+    return format_address(ss);
+}
+
+UniqueSocket connect_tcp(const Endpoint& to) {
+    std::unique_ptr<addrinfo, AddrInfoDeleter> ai(resolve(to, false));
+    UniqueSocket s(::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol));
+    if (!s) throw_socket_error("socket");
+    if (::connect(s.get(), ai->ai_addr, static_cast<int>(ai->ai_addrlen)) != 0)
+        throw_socket_error(("connect(" + to.host + ":" + std::to_string(to.port) + ")").c_str());
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------
+// Small socket operations
+
+void set_nonblocking(socket_t s, bool on) {
+#ifdef _WIN32
+    u_long mode = on ? 1 : 0;
+    if (ioctlsocket(s, FIONBIO, &mode) != 0) throw_socket_error("ioctlsocket(FIONBIO)");
+#else
+    const int flags = fcntl(s, F_GETFL, 0);
+    if (flags < 0) throw_socket_error("fcntl(F_GETFL)");
+    if (fcntl(s, F_SETFL, on ? (flags | O_NONBLOCK) : (flags & ~O_NONBLOCK)) != 0)
+        throw_socket_error("fcntl(F_SETFL)");
+#endif
+}
+
+void set_nodelay(socket_t s, bool on) {
+    const int v = on ? 1 : 0;
+    if (setsockopt(s, IPPROTO_TCP, TCP_NODELAY, reinterpret_cast<const char*>(&v), sizeof v) != 0)
+        throw_socket_error("setsockopt(TCP_NODELAY)");
+}
+
+void set_linger_reset(socket_t s) {
+    linger l{};
+    l.l_onoff = 1;
+    l.l_linger = 0;
+    if (setsockopt(s, SOL_SOCKET, SO_LINGER, reinterpret_cast<const char*>(&l), sizeof l) != 0)
+        throw_socket_error("setsockopt(SO_LINGER)");
+}
+
+SendResult send_all(socket_t s, const char* data, std::size_t len) {
+#ifdef MSG_NOSIGNAL
+    constexpr int kFlags = MSG_NOSIGNAL;  // a peer that closed must not kill us with SIGPIPE
+#else
+    constexpr int kFlags = 0;  // Windows has no SIGPIPE
+#endif
+    while (len > 0) {
+        // send() may take fewer bytes than asked (a "partial send"): loop on the rest.
+        const int chunk = len > (1u << 30) ? (1 << 30) : static_cast<int>(len);
+        const auto n = ::send(s, data, chunk, kFlags);
+        if (n < 0) {
+            const int err = last_socket_error();
+#ifndef _WIN32
+            if (err == EINTR) continue;
+#endif
+            if (is_disconnect_error(err)) return SendResult::kPeerGone;
+            throw SystemError("send", err);
+        }
+        data += n;
+        len -= static_cast<std::size_t>(n);
+    }
+    return SendResult::kSent;
+}
+
+void interrupt_blocking_io(socket_t s) {
+#ifdef _WIN32
+    // shutdown() makes every later recv/send on the socket fail at once (WSAESHUTDOWN),
+    // but on Windows it does not wake a call that is already blocked. CancelIoEx does:
+    // Winsock's blocking calls are overlapped operations the provider waits on, and
+    // cancelling them makes the blocked call return (WSAEINTR on Windows; Wine 8
+    // reports 995, ERROR_OPERATION_ABORTED). Microsoft's guidance after a cancelled
+    // blocking call: the only safe thing left to do with the socket is close it.
+    // Order matters: shutdown first, so a thread that enters recv() after the cancel
+    // still fails instead of blocking.
+    shutdown(s, SD_BOTH);
+    CancelIoEx(reinterpret_cast<HANDLE>(s), nullptr);
+#else
+    // On Linux shutdown() wakes a blocked recv (returns 0) or send (EPIPE), and every
+    // later call fails at once. Closing the descriptor instead would race: another
+    // thread could be handed the same number by the next socket() or accept().
+    ::shutdown(s, SHUT_RDWR);
+#endif
+}
+
+void poke_listener(socket_t listener) {
+    try {
+        sockaddr_storage ss{};
+        socklen_t len = sizeof ss;
+        if (getsockname(listener, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return;
+        // A listener bound to the wildcard address is reached through loopback.
+        if (ss.ss_family == AF_INET) {
+            auto& a4 = reinterpret_cast<sockaddr_in&>(ss);
+            if (a4.sin_addr.s_addr == htonl(INADDR_ANY)) a4.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        } else if (ss.ss_family == AF_INET6) {
+            auto& a6 = reinterpret_cast<sockaddr_in6&>(ss);
+            static const in6_addr any = IN6ADDR_ANY_INIT;
+            if (std::memcmp(&a6.sin6_addr, &any, sizeof any) == 0) a6.sin6_addr = in6addr_loopback;
+        }
+        UniqueSocket s(::socket(ss.ss_family, SOCK_STREAM, IPPROTO_TCP));
+        if (!s) return;
+        ::connect(s.get(), reinterpret_cast<sockaddr*>(&ss), len);
+        // Closing right away is fine: the accept() still returns the connection.
+    } catch (...) {
+    }
+}
+
+}  // namespace iocp

@@ -1,0 +1,102 @@
+#include "test_support.h"
+
+#include <cstdio>
+#include <cstdlib>
+#include <future>
+#include <iostream>
+#include <sstream>
+#include <thread>
+
+#ifdef __linux__
+#include <dirent.h>
+#endif
+
+namespace testsupport {
+
+std::string make_payload(std::size_t size, std::uint32_t seed) {
+    std::string out(size, '\0');
+    std::uint32_t x = seed * 2654435761u + 0x9E3779B9u;  // xorshift32, never seeded with 0
+    if (x == 0) x = 1;
+    for (auto& c : out) {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        c = static_cast<char>(x & 0xFF);
+    }
+    if (size >= 2) {
+        out[size / 3] = '\0';
+        out[size - 1] = static_cast<char>(0xFF);
+    }
+    return out;
+}
+
+namespace {
+std::string hex_around(const std::string& s, std::size_t at) {
+    std::ostringstream out;
+    const std::size_t from = at >= 4 ? at - 4 : 0;
+    for (std::size_t i = from; i < s.size() && i < at + 5; ++i) {
+        char buf[8];
+        std::snprintf(buf, sizeof buf, i == at ? "[%02x] " : "%02x ", static_cast<unsigned char>(s[i]));
+        out << buf;
+    }
+    return out.str();
+}
+}  // namespace
+
+::testing::AssertionResult same_bytes(const std::string& expected, const std::string& actual) {
+    const std::size_t n = expected.size() < actual.size() ? expected.size() : actual.size();
+    for (std::size_t i = 0; i < n; ++i) {
+        if (expected[i] != actual[i])
+            return ::testing::AssertionFailure()
+                   << "bytes differ at offset " << i << " of " << expected.size() << ": expected "
+                   << hex_around(expected, i) << "got " << hex_around(actual, i);
+    }
+    if (expected.size() != actual.size())
+        return ::testing::AssertionFailure()
+               << "sizes differ: expected " << expected.size() << " bytes, got " << actual.size();
+    return ::testing::AssertionSuccess();
+}
+
+void finishes_within(std::chrono::milliseconds limit, const char* what, const std::function<void()>& fn) {
+    std::packaged_task<void()> task(fn);
+    auto done = task.get_future();
+    std::thread runner(std::move(task));
+    if (done.wait_for(limit) != std::future_status::ready) {
+        ADD_FAILURE() << what << " did not finish within " << limit.count() << " ms";
+        std::cerr << "watchdog: " << what << " is hung; aborting so the test fails instead of hanging"
+                  << std::endl;
+        std::abort();
+    }
+    runner.join();
+    done.get();  // rethrows what fn threw
+}
+
+#ifdef __linux__
+namespace {
+std::optional<std::size_t> count_entries(const char* dir) {
+    DIR* d = opendir(dir);
+    if (!d) return std::nullopt;
+    std::size_t n = 0;
+    while (const dirent* e = readdir(d))
+        if (e->d_name[0] != '.') ++n;
+    closedir(d);
+    return n - (std::string(dir) == "/proc/self/fd" ? 1 : 0);  // opendir's own descriptor
+}
+}  // namespace
+std::optional<std::size_t> open_descriptors() { return count_entries("/proc/self/fd"); }
+std::optional<std::size_t> thread_count() { return count_entries("/proc/self/task"); }
+#else
+std::optional<std::size_t> open_descriptors() { return std::nullopt; }
+std::optional<std::size_t> thread_count() { return std::nullopt; }
+#endif
+
+bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds limit) {
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!cond()) {
+        if (std::chrono::steady_clock::now() > deadline) return cond();
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    return true;
+}
+
+}  // namespace testsupport

@@ -1,0 +1,39 @@
+// tests/support - helpers every test file shares: payloads, byte comparison that
+// reports where two buffers differ, a watchdog that turns a hang into a failure,
+// and process resource counts for leak checks.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+
+namespace testsupport {
+
+/// Deterministic pseudo-random bytes. Every payload of 2 bytes or more holds a NUL
+/// and a 0xFF, so a server that treats data as C strings fails at once.
+std::string make_payload(std::size_t size, std::uint32_t seed);
+
+/// Passes when both are byte-identical; otherwise says the sizes or the first offset
+/// that differs, with a few bytes of hex around it (never an 8 MiB dump).
+::testing::AssertionResult same_bytes(const std::string& expected, const std::string& actual);
+
+/// Runs fn on another thread and waits at most `limit`. If fn is still running then,
+/// the test fails with `what` and the process aborts: a hung test must end, and a
+/// thread stuck inside the server cannot be abandoned safely.
+void finishes_within(std::chrono::milliseconds limit, const char* what, const std::function<void()>& fn);
+
+/// Open descriptors and threads of this process, where the platform lets us count
+/// them cheaply (Linux: /proc/self/fd and /proc/self/task). nullopt elsewhere.
+std::optional<std::size_t> open_descriptors();
+std::optional<std::size_t> thread_count();
+
+/// Polls `cond` until it holds or `limit` passes; returns its last value. For state
+/// that settles asynchronously (a server noticing a close), never for speed.
+bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds limit = std::chrono::seconds(10));
+
+}  // namespace testsupport
