@@ -9,6 +9,9 @@
 
 #ifdef __linux__
 #include <dirent.h>
+#elif defined(_WIN32)
+#include <windows.h>
+#include <tlhelp32.h>
 #endif
 
 namespace testsupport {
@@ -85,6 +88,22 @@ std::optional<std::size_t> count_entries(const char* dir) {
 }  // namespace
 std::optional<std::size_t> open_descriptors() { return count_entries("/proc/self/fd"); }
 std::optional<std::size_t> thread_count() { return count_entries("/proc/self/task"); }
+#elif defined(_WIN32)
+// Handles are not counted: Winsock and the runtime open handles of their own at
+// unpredictable times. Threads are, with a Toolhelp snapshot (Wine implements it).
+std::optional<std::size_t> open_descriptors() { return std::nullopt; }
+std::optional<std::size_t> thread_count() {
+    HANDLE snap = CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0);
+    if (snap == INVALID_HANDLE_VALUE) return std::nullopt;
+    THREADENTRY32 te{};
+    te.dwSize = sizeof te;
+    std::size_t n = 0;
+    const DWORD me = GetCurrentProcessId();
+    for (BOOL ok = Thread32First(snap, &te); ok; ok = Thread32Next(snap, &te))
+        if (te.th32OwnerProcessID == me) ++n;
+    CloseHandle(snap);
+    return n;
+}
 #else
 std::optional<std::size_t> open_descriptors() { return std::nullopt; }
 std::optional<std::size_t> thread_count() { return std::nullopt; }

@@ -28,7 +28,8 @@ std::string make_payload(std::size_t size, std::uint32_t seed);
 void finishes_within(std::chrono::milliseconds limit, const char* what, const std::function<void()>& fn);
 
 /// Open descriptors and threads of this process, where the platform lets us count
-/// them cheaply (Linux: /proc/self/fd and /proc/self/task). nullopt elsewhere.
+/// them reliably: both on Linux (/proc/self/fd, /proc/self/task), threads only on
+/// Windows (a Toolhelp snapshot). nullopt elsewhere.
 std::optional<std::size_t> open_descriptors();
 std::optional<std::size_t> thread_count();
 

@@ -1,0 +1,109 @@
+// Chapter 2 - One thread per client. See echo_server.h and docs/pages/ch02.md.
+#include "echo_server.h"
+
+#include <iostream>
+
+namespace ch02 {
+
+namespace {
+constexpr std::size_t kBufferSize = 16 * 1024;
+}  // namespace
+
+EchoServer::EchoServer(iocp::Endpoint where, Limits limits) : where_(std::move(where)), limits_(limits) {}
+
+EchoServer::~EchoServer() { stop(); }
+
+void EchoServer::start() {
+    listener_ = iocp::listen_tcp(where_);
+    port_ = iocp::local_port(listener_.get());
+    acceptor_ = std::thread([this] { accept_loop(); });
+}
+
+//! [accept-loop]
+void EchoServer::accept_loop() {
+    while (!stopping_) {
+        iocp::UniqueSocket client(::accept(listener_.get(), nullptr, nullptr));
+        if (!client) {
+            if (stopping_) break;
+            std::cerr << "ch02: accept failed: " << iocp::error_text(iocp::last_socket_error()) << "\n";
+            continue;
+        }
+        if (stopping_) break;
+        reap_finished();
+        if (live_ >= limits_.max_clients) {
+            // Refuse with an orderly close rather than let one more thread in.
+            ++refused_;
+            std::cerr << "ch02: refusing " << iocp::peer_address(client.get()) << ": " << limits_.max_clients
+                      << " clients already have a thread each\n";
+            continue;  // client's destructor closes it: the client sees EOF
+        }
+        std::lock_guard lock(mutex_);
+        Session& session = sessions_.emplace_back();
+        session.socket = std::move(client);
+        ++live_;
+        // The new thread gets a reference to its Session; std::list never moves it.
+        session.thread = std::thread([this, &session] { serve(session); });
+    }
+}
+//! [accept-loop]
+
+void EchoServer::serve(Session& session) {
+    const iocp::socket_t client = session.socket.get();  // fixed for the session's life
+    //! [echo-loop]
+    char buffer[kBufferSize];
+    for (;;) {
+        const auto n = ::recv(client, buffer, static_cast<int>(sizeof buffer), 0);
+        if (n == 0) break;  // the client sent FIN: everything it sent has been echoed
+        if (n < 0) {
+            const int err = iocp::last_socket_error();
+            if (!stopping_ && !iocp::is_disconnect_error(err))
+                std::cerr << "ch02: recv failed: " << iocp::error_text(err) << "\n";
+            break;
+        }
+        if (iocp::send_all(client, buffer, static_cast<std::size_t>(n)) != iocp::SendResult::kSent) break;
+    }
+    //! [echo-loop]
+    // Close under the lock: stop() only touches sockets of sessions not yet finished,
+    // so it can never interrupt a socket number that was closed and handed out again.
+    std::lock_guard lock(mutex_);
+    session.socket.reset();
+    session.finished = true;
+    --live_;
+    ++served_;
+}
+
+//! [reap]
+void EchoServer::reap_finished() {
+    // A thread that has ended still has to be joined, or its resources stay taken.
+    std::list<Session> done;
+    {
+        std::lock_guard lock(mutex_);
+        for (auto it = sessions_.begin(); it != sessions_.end();) {
+            auto next = std::next(it);
+            if (it->finished) done.splice(done.end(), sessions_, it);
+            it = next;
+        }
+    }
+    for (auto& s : done) s.thread.join();  // quick: each has already left serve()
+}
+//! [reap]
+
+//! [stop]
+void EchoServer::stop() {
+    if (!acceptor_.joinable()) return;
+    stopping_ = true;
+    iocp::poke_listener(listener_.get());  // wake accept(), exactly as in chapter 1
+    acceptor_.join();                      // from here on nobody adds a session
+    listener_.reset();
+    {
+        std::lock_guard lock(mutex_);
+        for (auto& s : sessions_)
+            if (!s.finished) iocp::interrupt_blocking_io(s.socket.get());
+    }
+    // Join outside the lock: a session's last act takes the lock.
+    for (auto& s : sessions_) s.thread.join();
+    sessions_.clear();
+}
+//! [stop]
+
+}  // namespace ch02

@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Every test flavour, one after the other, then a summary:
+#   asan        native Linux, AddressSanitizer + UndefinedBehaviorSanitizer
+#   tsan        native Linux, ThreadSanitizer
+#   mingw-wine  the Win32 code built with mingw-w64, every test run under Wine
+#   docs        Doxygen with warnings as errors
+# Exits non-zero if anything fails, if a flavour ran no test, or if a flavour's tools
+# are missing (a missing Wine fails the run; it is never skipped quietly).
+#
+#   scripts/test.sh                 # all flavours
+#   scripts/test.sh asan mingw-wine # some of them
+set -uo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+bash scripts/deps.sh || exit 1
+
+flavours=("$@")
+[ ${#flavours[@]} -eq 0 ] && flavours=(asan tsan mingw-wine docs)
+jobs=$(nproc 2>/dev/null || echo 2)
+
+summary=()
+failed=0
+total_passed=0
+total_failed=0
+
+record() {  # flavour, status, tests passed, tests failed, seconds
+    summary+=("$(printf '%-11s %-5s %5s passed %4s failed %6ss' "$1" "$2" "$3" "$4" "$5")")
+}
+
+run_ctest_flavour() {
+    local preset=$1 log="$root/build/$1-test.log" start=$SECONDS
+    echo "=== $preset: configure + build"
+    if ! cmake --preset "$preset" >"$root/build/$preset-configure.log" 2>&1; then
+        cat "$root/build/$preset-configure.log"; record "$preset" FAIL 0 0 $((SECONDS - start)); failed=1; return
+    fi
+    if ! cmake --build --preset "$preset" -j "$jobs" >"$root/build/$preset-build.log" 2>&1; then
+        tail -50 "$root/build/$preset-build.log"; record "$preset" FAIL 0 0 $((SECONDS - start)); failed=1; return
+    fi
+    echo "=== $preset: ctest"
+    ctest --preset "$preset" -j "$jobs" 2>&1 | tee "$log" | grep -E '^ *[0-9]+/[0-9]+ Test|tests passed|Skipped|Failed|\*\*\*' | grep -vE 'Passed' || true
+    local line passed fails total
+    line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -1)
+    total=$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$line")
+    fails=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
+    if [ -z "$line" ] || [ "${total:-0}" -eq 0 ]; then
+        echo "$preset: no test ran"; record "$preset" FAIL 0 0 $((SECONDS - start)); failed=1; return
+    fi
+    passed=$((total - fails))
+    total_passed=$((total_passed + passed)); total_failed=$((total_failed + fails))
+    local status=ok
+    if [ "$fails" -ne 0 ] || ! grep -q '100% tests passed' "$log"; then status=FAIL; failed=1; fi
+    record "$preset" "$status" "$passed" "$fails" $((SECONDS - start))
+}
+
+run_docs() {
+    local start=$SECONDS
+    echo "=== docs: doxygen (warnings are errors)"
+    if cmake --preset debug >"$root/build/docs-configure.log" 2>&1 &&
+       cmake --build --preset debug --target docs >"$root/build/docs-build.log" 2>&1; then
+        record docs ok - - $((SECONDS - start))
+        echo "docs: $root/build/debug/docs/html/index.html"
+    else
+        tail -40 "$root/build/docs-build.log" "$root/build/docs-configure.log" 2>/dev/null
+        record docs FAIL - - $((SECONDS - start)); failed=1
+    fi
+}
+
+mkdir -p build
+for f in "${flavours[@]}"; do
+    case "$f" in
+        asan|tsan) run_ctest_flavour "$f" ;;
+        mingw-wine)
+            if ! command -v x86_64-w64-mingw32-g++-posix >/dev/null || { [ ! -x /usr/lib/wine/wine64 ] && ! command -v wine64 >/dev/null; }; then
+                echo "mingw-wine: mingw-w64 or Wine is missing (scripts/deps.sh should have installed them)"
+                record mingw-wine FAIL 0 0 0; failed=1
+            else
+                run_ctest_flavour mingw-wine
+            fi ;;
+        docs) run_docs ;;
+        *) echo "unknown flavour '$f' (asan, tsan, mingw-wine, docs)"; exit 2 ;;
+    esac
+done
+
+echo
+echo "=== summary"
+printf '%s\n' "${summary[@]}"
+echo "tests: $total_passed passed, $total_failed failed"
+exit $failed
