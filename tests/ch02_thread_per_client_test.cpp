@@ -10,9 +10,11 @@
 
 using iocp::TestClient;
 
+//! [instantiate]
 INSTANTIATE_TEST_SUITE_P(ch02, EchoContract,
                          ::testing::Values(contract::make_target<ch02::EchoServer>("thread_per_client", {200})),
                          contract::target_name);
+//! [instantiate]
 
 // What chapter 1 could not do: the second client is served while the first stays.
 TEST(Ch02ThreadPerClient, SecondClientIsServedWhileTheFirstStays) {

@@ -11,6 +11,7 @@ int main(int argc, char** argv) {
     cli.add_endpoint(where);
     if (const auto code = cli.parse(argc, argv)) return *code;
 
+    //! [main]
     try {
         iocp::WinsockGuard winsock;
         iocp::StopSignal stop_signal;  // before any thread starts
@@ -24,5 +25,6 @@ int main(int argc, char** argv) {
         std::cerr << "ch01_echo_server: " << e.what() << "\n";
         return 1;
     }
+    //! [main]
     return 0;
 }

@@ -15,6 +15,7 @@ int main(int argc, char** argv) {
     if (const auto code = cli.parse(argc, argv)) return *code;
     limits.max_clients = static_cast<std::size_t>(max_clients);
 
+    //! [main]
     try {
         iocp::WinsockGuard winsock;
         iocp::StopSignal stop_signal;  // before any thread starts
@@ -28,5 +29,6 @@ int main(int argc, char** argv) {
         std::cerr << "ch03_echo_server: " << e.what() << "\n";
         return 1;
     }
+    //! [main]
     return 0;
 }

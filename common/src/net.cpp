@@ -235,6 +235,7 @@ SendResult send_all(socket_t s, const char* data, std::size_t len) {
 #else
     constexpr int kFlags = 0;  // Windows has no SIGPIPE
 #endif
+    //! [send-all-loop]
     while (len > 0) {
         // send() may take fewer bytes than asked (a "partial send"): loop on the rest.
         const int chunk = len > (1u << 30) ? (1 << 30) : static_cast<int>(len);
@@ -250,6 +251,7 @@ SendResult send_all(socket_t s, const char* data, std::size_t len) {
         data += n;
         len -= static_cast<std::size_t>(n);
     }
+    //! [send-all-loop]
     return SendResult::kSent;
 }
 

@@ -30,6 +30,7 @@ public:
     virtual std::size_t live_connections() const = 0;
 };
 
+//! [target]
 /// What a chapter's model can do; the contract scales its tests to it.
 struct Capabilities {
     int concurrent_clients = 1;  // served at the same time (1: one after another)
@@ -40,6 +41,7 @@ struct Target {
     std::function<std::unique_ptr<ServerUnderTest>()> start;
     Capabilities caps;
 };
+//! [target]
 
 /// Wraps any chapter server with start(), stop(), port() and live_connections().
 template <class Server>

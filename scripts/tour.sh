@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# The tour: build everything, run each chapter's server against real clients, print
+# one line per chapter of what its model did, then build the docs.
+#
+#   scripts/tour.sh
+#
+# Servers listen on 127.0.0.1 with a port the OS picks; every load is bounded and
+# every server is stopped with Ctrl+C (SIGINT), the way a reader stops it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+
+bash scripts/deps.sh
+echo "=== building (preset release)"
+cmake --preset release >/dev/null
+cmake --build --preset release -j "$(nproc 2>/dev/null || echo 2)" >build/tour-build.log 2>&1 \
+    || { tail -40 build/tour-build.log; exit 1; }
+bin=$root/build/release
+tmp=$(mktemp -d)
+server_pid=""
+cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$tmp"; }
+trap cleanup EXIT
+
+# start_server <program> [args...]: starts it on a free port, sets $port and $server_pid.
+start_server() {
+    "$@" --port 0 >"$tmp/server.log" 2>&1 &
+    server_pid=$!
+    for _ in $(seq 100); do
+        port=$(sed -n 's/^listening on .*:\([0-9][0-9]*\)$/\1/p' "$tmp/server.log")
+        [ -n "$port" ] && return 0
+        sleep 0.1
+    done
+    echo "server did not start:"; cat "$tmp/server.log"; exit 1
+}
+
+# stop_server: Ctrl+C, then the server must exit 0 on its own.
+stop_server() {
+    kill -INT "$server_pid"
+    if ! wait "$server_pid"; then echo "server did not stop cleanly:"; cat "$tmp/server.log"; exit 1; fi
+    server_pid=""
+}
+
+# peak_threads <pid> <command...>: runs the command while sampling the server's
+# thread count; prints the command's output, then "peak threads: N".
+peak_threads() {
+    local pid=$1 peak=0 n; shift
+    "$@" >"$tmp/load.out" 2>&1 &
+    local load=$!
+    while kill -0 "$load" 2>/dev/null; do
+        n=$(awk '/^Threads:/ {print $2}' "/proc/$pid/status" 2>/dev/null || echo 0)
+        [ "${n:-0}" -gt "$peak" ] && peak=$n
+        sleep 0.02
+    done
+    wait "$load" || { cat "$tmp/load.out"; exit 1; }
+    cat "$tmp/load.out"
+    echo "peak threads: $peak"
+}
+
+lines=()
+run_chapter() {  # name, server program, clients, rounds
+    local name=$1 prog=$2 clients=$3 rounds=$4 out rate threads
+    start_server "$prog"
+    out=$(peak_threads "$server_pid" "$bin/bench/echo_load" --port "$port" --clients "$clients" --rounds "$rounds" --size 64)
+    stop_server
+    rate=$(sed -n 's/.*(\([0-9]*\) round trips\/s).*/\1/p' <<<"$out")
+    threads=$(sed -n 's/^peak threads: //p' <<<"$out")
+    lines+=("$(printf '| %-22s | %7s | %6s | %14s | %20s |' "$name" "$clients" "$rounds" "$rate" "$threads")")
+    echo "$name: $(head -1 <<<"$out"); server peaked at $threads threads"
+}
+
+echo
+echo "=== chapter 1: blocking echo, one client at a time"
+start_server "$bin/chapters/01-blocking-echo/ch01_echo_server"
+"$bin/chapters/01-blocking-echo/ch01_echo_client" --port "$port" --count 3 --interval 200
+# A second client while the first is connected waits in the backlog: with a short
+# timeout it gives up, which is chapter 1's lesson.
+"$bin/chapters/01-blocking-echo/ch01_echo_client" --port "$port" --count 0 --interval 100 --quiet >/dev/null 2>&1 &
+holder=$!
+sleep 0.5
+if "$bin/chapters/01-blocking-echo/ch01_echo_client" --port "$port" --timeout 500 --quiet >/dev/null 2>&1; then
+    echo "ch01: unexpected: a second client was served while the first was connected"; exit 1
+fi
+echo "ch01: while one client stays connected, a second one gets no reply (it timed out after 500 ms)"
+kill -INT "$holder"; wait "$holder" || true
+stop_server
+run_chapter "01 blocking-echo" "$bin/chapters/01-blocking-echo/ch01_echo_server" 1 2000
+
+echo
+echo "=== chapter 2: a thread per client"
+run_chapter "02 thread-per-client" "$bin/chapters/02-thread-per-client/ch02_echo_server" 1 2000
+run_chapter "02 thread-per-client" "$bin/chapters/02-thread-per-client/ch02_echo_server" 100 200
+
+echo
+echo "=== chapter 3: select(), one thread"
+run_chapter "03 select" "$bin/chapters/03-select/ch03_echo_server" 1 2000
+run_chapter "03 select" "$bin/chapters/03-select/ch03_echo_server" 100 200
+
+echo
+echo "=== side by side (this machine, this run; 64-byte messages, every byte checked)"
+echo "| chapter                | clients | rounds | round trips/s  | server threads (peak) |"
+echo "|------------------------|--------:|-------:|---------------:|---------------------:|"
+printf '%s\n' "${lines[@]}"
+
+echo
+echo "=== docs"
+cmake --build --preset release --target docs >build/tour-docs.log 2>&1 || { tail -40 build/tour-docs.log; exit 1; }
+echo "docs: $bin/docs/html/index.html"
