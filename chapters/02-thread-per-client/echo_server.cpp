@@ -63,6 +63,7 @@ void EchoServer::serve(Session& session) {
         if (iocp::send_all(client, buffer, static_cast<std::size_t>(n)) != iocp::SendResult::kSent) break;
     }
     //! [echo-loop]
+    //! [session-end]
     // Close under the lock: stop() only touches sockets of sessions not yet finished,
     // so it can never interrupt a socket number that was closed and handed out again.
     std::lock_guard lock(mutex_);
@@ -70,6 +71,7 @@ void EchoServer::serve(Session& session) {
     session.finished = true;
     --live_;
     ++served_;
+    //! [session-end]
 }
 
 //! [reap]

@@ -17,11 +17,13 @@
 
 namespace ch02 {
 
+//! [limits]
 struct Limits {
     // Each client costs a thread (a stack, a kernel object, a scheduler entry). A
     // server without a cap lets any client population decide how many it makes.
     std::size_t max_clients = 1000;
 };
+//! [limits]
 
 //! [server-class]
 class EchoServer {

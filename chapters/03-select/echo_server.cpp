@@ -33,6 +33,7 @@ bool fits_in_fd_set(iocp::socket_t s, std::size_t clients) {
 }
 //! [fits]
 
+//! [waker]
 // A UDP socket connected to itself: sending a byte to it makes it readable, which
 // wakes select(). select() on Windows takes sockets only (no pipes, no events), so
 // this is the one wake-up that works the same on both platforms.
@@ -49,6 +50,7 @@ iocp::UniqueSocket make_waker() {
     iocp::set_nonblocking(s.get(), true);
     return s;
 }
+//! [waker]
 
 }  // namespace
 
@@ -58,6 +60,7 @@ EchoServer::EchoServer(iocp::Endpoint where, Limits limits) : where_(std::move(w
 
 EchoServer::~EchoServer() { stop(); }
 
+//! [start]
 void EchoServer::start() {
     listener_ = iocp::listen_tcp(where_);
     iocp::set_nonblocking(listener_.get(), true);  // accept() must never block the loop
@@ -65,6 +68,7 @@ void EchoServer::start() {
     waker_ = make_waker();
     thread_ = std::thread([this] { loop(); });
 }
+//! [start]
 
 //! [loop]
 void EchoServer::loop() {

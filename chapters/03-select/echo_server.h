@@ -22,12 +22,15 @@ namespace ch03 {
 /// wake-up socket take two of them; with glibc it is a bitmap indexed by descriptor
 /// number, so no descriptor numbered FD_SETSIZE (1024) or more can be watched at all,
 /// however few clients there are (see fits_in_fd_set in echo_server.cpp).
+//! [capacity]
 #ifdef _WIN32
 inline constexpr std::size_t kSelectCapacity = FD_SETSIZE - 2;
 #else
 inline constexpr std::size_t kSelectCapacity = FD_SETSIZE;  // an upper bound; descriptors decide
 #endif
+//! [capacity]
 
+//! [limits]
 struct Limits {
     std::size_t max_clients = kSelectCapacity;
     // Bytes received but not yet echoed, per connection. At this mark we stop reading
@@ -35,6 +38,7 @@ struct Limits {
     // fills its own TCP window, not our memory.
     std::size_t max_pending = 64 * 1024;
 };
+//! [limits]
 
 //! [server-class]
 class EchoServer {
