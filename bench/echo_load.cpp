@@ -19,7 +19,7 @@ int main(int argc, char** argv) {
     iocp::Endpoint server;
     long long clients = 10, rounds = 100, size = 64;
     iocp::CommandLine cli("echo_load", "Sends rounds of messages from N clients at once and checks every echoed byte.");
-    cli.add_endpoint(server);
+    cli.add_server_address(server);
     cli.add_int("--clients", clients, 1, 5000, "concurrent connections (default 10)");
     cli.add_int("--rounds", rounds, 1, 10'000'000, "messages per client (default 100)");
     cli.add_int("--size", size, 1, 64 << 20, "bytes per message (default 64)");

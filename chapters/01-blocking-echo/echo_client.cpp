@@ -47,7 +47,7 @@ int main(int argc, char** argv) {
     long long count = 1, interval_ms = 1000, timeout_ms = 5000;
     bool quiet = false;
     iocp::CommandLine cli("ch01_echo_client", "Chapter 1: sends a message to an echo server and checks the echo.");
-    cli.add_endpoint(server);
+    cli.add_server_address(server);
     cli.add_string("--message", message, "what to send (default: hello)");
     cli.add_int("--count", count, 0, 1'000'000'000, "how many times (default 1; 0 = until Ctrl+C)");
     cli.add_int("--interval", interval_ms, 0, 3'600'000, "milliseconds between messages (default 1000)");

@@ -1,6 +1,7 @@
 // Chapter 1 - A blocking echo server. See echo_server.h and docs/pages/ch01.md.
 #include "echo_server.h"
 
+#include <chrono>
 #include <iostream>
 
 namespace ch01 {
@@ -9,6 +10,7 @@ namespace {
 // One read at a time, at most this much. The size does not limit what a client may
 // send: a longer message simply arrives over several recv() calls.
 constexpr std::size_t kBufferSize = 16 * 1024;
+constexpr std::chrono::milliseconds kAcceptBackoff{100};
 }  // namespace
 
 EchoServer::EchoServer(iocp::Endpoint where) : where_(std::move(where)) {}
@@ -32,8 +34,12 @@ void EchoServer::run() {
         iocp::UniqueSocket client(::accept(listener_.get(), nullptr, nullptr));
         if (!client) {
             if (stopping_) break;
-            std::cerr << "ch01: accept failed: " << iocp::error_text(iocp::last_socket_error()) << "\n";
-            continue;  // e.g. a client that reset while still in the backlog
+            const int err = iocp::last_socket_error();
+            std::cerr << "ch01: accept failed: " << iocp::error_text(err) << "\n";
+            // Out of descriptors or memory: an immediate retry fails the same way and
+            // spins a core. Pause; the backlog keeps the waiting clients meanwhile.
+            if (iocp::is_resource_exhaustion(err)) std::this_thread::sleep_for(kAcceptBackoff);
+            continue;  // e.g. a client that reset while still in the backlog: only it is lost
         }
         if (stopping_) break;  // the wake-up connection from stop()
         serve(client.get());

@@ -1,12 +1,15 @@
 // Chapter 2 - One thread per client. See echo_server.h and docs/pages/ch02.md.
 #include "echo_server.h"
 
+#include <chrono>
 #include <iostream>
+#include <system_error>
 
 namespace ch02 {
 
 namespace {
 constexpr std::size_t kBufferSize = 16 * 1024;
+constexpr std::chrono::milliseconds kAcceptBackoff{100};
 }  // namespace
 
 EchoServer::EchoServer(iocp::Endpoint where, Limits limits) : where_(std::move(where)), limits_(limits) {}
@@ -25,7 +28,11 @@ void EchoServer::accept_loop() {
         iocp::UniqueSocket client(::accept(listener_.get(), nullptr, nullptr));
         if (!client) {
             if (stopping_) break;
-            std::cerr << "ch02: accept failed: " << iocp::error_text(iocp::last_socket_error()) << "\n";
+            const int err = iocp::last_socket_error();
+            std::cerr << "ch02: accept failed: " << iocp::error_text(err) << "\n";
+            // Out of descriptors or memory: an immediate retry fails the same way and
+            // spins a core. Pause; the backlog keeps the waiting clients meanwhile.
+            if (iocp::is_resource_exhaustion(err)) std::this_thread::sleep_for(kAcceptBackoff);
             continue;
         }
         if (stopping_) break;
@@ -33,16 +40,26 @@ void EchoServer::accept_loop() {
         if (live_ >= limits_.max_clients) {
             // Refuse with an orderly close rather than let one more thread in.
             ++refused_;
-            std::cerr << "ch02: refusing " << iocp::peer_address(client.get()) << ": " << limits_.max_clients
-                      << " clients already have a thread each\n";
-            continue;  // client's destructor closes it: the client sees EOF
+            std::cerr << "ch02: refusing " << iocp::peer_address(client.get()) << ": at the cap of "
+                      << limits_.max_clients << " clients (one thread each)\n";
+            continue;  // closed here: EOF for the client (a reset if it had sent bytes already)
         }
         std::lock_guard lock(mutex_);
         Session& session = sessions_.emplace_back();
         session.socket = std::move(client);
         ++live_;
-        // The new thread gets a reference to its Session; std::list never moves it.
-        session.thread = std::thread([this, &session] { serve(session); });
+        try {
+            // The new thread gets a reference to its Session; std::list never moves it.
+            session.thread = std::thread([this, &session] { serve(session); });
+        } catch (const std::system_error& e) {
+            // No thread to be had (memory for its stack, or a per-user thread limit).
+            // That costs this one client, not the server.
+            ++refused_;
+            --live_;
+            std::cerr << "ch02: refusing " << iocp::peer_address(session.socket.get()) << ": no thread for it: "
+                      << e.what() << "\n";
+            sessions_.pop_back();  // closes its socket
+        }
     }
 }
 //! [accept-loop]

@@ -18,6 +18,14 @@ void CommandLine::add_endpoint(Endpoint& where) {
     add_int("--port", port_, 0, 65535, "TCP port (default 6000; 0 picks a free one)");
 }
 
+void CommandLine::add_server_address(Endpoint& server) {
+    server.host = "127.0.0.1";
+    server.port = 6000;
+    endpoint_ = &server;
+    add_string("--host", server.host, "server address (default 127.0.0.1)");
+    add_int("--port", port_, 1, 65535, "server port (default 6000)");
+}
+
 void CommandLine::add_int(std::string name, long long& target, long long min, long long max, std::string help) {
     Option o{std::move(name), std::move(help), Option::Kind::kInt};
     o.int_target = &target;

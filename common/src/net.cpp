@@ -60,6 +60,14 @@ bool is_disconnect_error(int code) {
 #endif
 }
 
+bool is_resource_exhaustion(int code) {
+#ifdef _WIN32
+    return code == WSAEMFILE || code == WSAENOBUFS || code == ERROR_NOT_ENOUGH_MEMORY;
+#else
+    return code == EMFILE || code == ENFILE || code == ENOBUFS || code == ENOMEM;
+#endif
+}
+
 bool is_would_block(int code) {
 #ifdef _WIN32
     return code == WSAEWOULDBLOCK;

@@ -22,6 +22,8 @@ public:
 
     /// Adds --bind and --port, writing into `where` (defaults 127.0.0.1 and 6000).
     void add_endpoint(Endpoint& where);
+    /// For clients: --host and --port of the server to connect to (same defaults).
+    void add_server_address(Endpoint& server);
     void add_int(std::string name, long long& target, long long min, long long max, std::string help);
     void add_string(std::string name, std::string& target, std::string help);
     void add_flag(std::string name, bool& target, std::string help);

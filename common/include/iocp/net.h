@@ -60,6 +60,11 @@ private:
 /// shut down. A server closes that one client and keeps serving the others.
 bool is_disconnect_error(int code);
 
+/// True for "out of descriptors / buffers / memory" (EMFILE, ENFILE, ENOBUFS,
+/// ENOMEM; WSAEMFILE, WSAENOBUFS). Retrying such a failure at once fails again at
+/// once: a server pauses before it tries again.
+bool is_resource_exhaustion(int code);
+
 /// True when a non-blocking call would have blocked (EAGAIN/EWOULDBLOCK/WSAEWOULDBLOCK).
 bool is_would_block(int code);
 
