@@ -53,8 +53,11 @@ TEST(Ch03Select, ClientPastFdSetSizeIsClosedCleanlyOthersKeepBeingServed) {
     server.start();
     const iocp::Endpoint at{"127.0.0.1", server.port()};
 #ifndef _WIN32
-    std::vector<int> filler;
-    for (int fd = ::dup(0); fd >= 0 && fd < FD_SETSIZE - 40; fd = ::dup(0)) filler.push_back(fd);
+    std::vector<int> filler;  // every dup() is closed again below, the last one too
+    for (int fd = ::dup(0); fd >= 0; fd = ::dup(0)) {
+        filler.push_back(fd);
+        if (fd >= FD_SETSIZE - 40) break;
+    }
 #endif
     std::vector<TestClient> served;
     bool refused = false;

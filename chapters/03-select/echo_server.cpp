@@ -2,6 +2,9 @@
 #include "echo_server.h"
 
 #include <cerrno>
+#include <chrono>
+#include <stdexcept>
+#include <string>
 #include <iostream>
 
 #ifndef _WIN32
@@ -13,6 +16,7 @@ namespace ch03 {
 namespace {
 
 constexpr std::size_t kReadChunk = 16 * 1024;
+constexpr std::chrono::milliseconds kAcceptBackoff{100};
 
 #ifdef MSG_NOSIGNAL
 constexpr int kSendFlags = MSG_NOSIGNAL;
@@ -66,6 +70,10 @@ void EchoServer::start() {
     iocp::set_nonblocking(listener_.get(), true);  // accept() must never block the loop
     port_ = iocp::local_port(listener_.get());
     waker_ = make_waker();
+    // Both are watched in every round; on Linux that needs descriptor numbers below
+    // FD_SETSIZE, which a process already holding ~1024 descriptors would not get.
+    if (!fits_in_fd_set(listener_.get(), 0) || !fits_in_fd_set(waker_.get(), 0))
+        throw std::runtime_error("ch03: descriptor beyond FD_SETSIZE; select() cannot watch the listener");
     thread_ = std::thread([this] { loop(); });
 }
 //! [start]
@@ -77,7 +85,10 @@ void EchoServer::loop() {
         fd_set readable, writable;
         FD_ZERO(&readable);
         FD_ZERO(&writable);
-        FD_SET(listener_.get(), &readable);
+        // After accept() ran out of descriptors the listener sits out for a moment: it
+        // stays readable, and watching it would make select() return at once, forever.
+        const bool accepting = std::chrono::steady_clock::now() >= accept_paused_until_;
+        if (accepting) FD_SET(listener_.get(), &readable);
         FD_SET(waker_.get(), &readable);
         iocp::socket_t highest = listener_.get() > waker_.get() ? listener_.get() : waker_.get();
         for (const Connection& c : connections_) {
@@ -88,9 +99,14 @@ void EchoServer::loop() {
             if (s > highest) highest = s;
         }
         // The first argument is ignored on Windows; elsewhere it is highest + 1.
-        const int ready = ::select(static_cast<int>(highest + 1), &readable, &writable, nullptr, nullptr);
+        // No timeout (nullptr) unless the listener is sitting out.
+        timeval pause{0, static_cast<long>(kAcceptBackoff.count() * 1000)};
+        const int ready = ::select(static_cast<int>(highest + 1), &readable, &writable, nullptr,
+                                   accepting ? nullptr : &pause);
         if (ready < 0) {
-            if (iocp::last_socket_error() == EINTR) continue;
+#ifndef _WIN32
+            if (errno == EINTR) continue;  // a signal arrived; nothing is wrong
+#endif
             std::cerr << "ch03: select failed: " << iocp::error_text(iocp::last_socket_error()) << "\n";
             break;
         }
@@ -100,7 +116,7 @@ void EchoServer::loop() {
             }
         }
         if (stopping_) break;
-        if (FD_ISSET(listener_.get(), &readable)) accept_clients();
+        if (accepting && FD_ISSET(listener_.get(), &readable)) accept_clients();
         for (auto it = connections_.begin(); it != connections_.end();) {
             Connection& c = *it;
             const iocp::socket_t s = c.socket.get();
@@ -130,15 +146,20 @@ void EchoServer::accept_clients() {
         iocp::UniqueSocket client(::accept(listener_.get(), nullptr, nullptr));
         if (!client) {
             const int err = iocp::last_socket_error();
-            if (!iocp::is_would_block(err) && !iocp::is_disconnect_error(err))
-                std::cerr << "ch03: accept failed: " << iocp::error_text(err) << "\n";
+            if (iocp::is_would_block(err) || iocp::is_disconnect_error(err)) return;  // all taken, or one gave up
+            std::cerr << "ch03: accept failed: " << iocp::error_text(err) << "\n";
+            if (iocp::is_resource_exhaustion(err))
+                accept_paused_until_ = std::chrono::steady_clock::now() + kAcceptBackoff;
             return;
         }
-        if (connections_.size() >= limits_.max_clients || !fits_in_fd_set(client.get(), connections_.size())) {
+        const bool at_cap = connections_.size() >= limits_.max_clients;
+        if (at_cap || !fits_in_fd_set(client.get(), connections_.size())) {
             ++refused_;
-            std::cerr << "ch03: refusing " << iocp::peer_address(client.get()) << ": select() can watch no more ("
-                      << connections_.size() << " clients, FD_SETSIZE " << FD_SETSIZE << ")\n";
-            continue;  // closed here: the client sees an orderly close (EOF)
+            std::cerr << "ch03: refusing " << iocp::peer_address(client.get()) << ": "
+                      << (at_cap ? "at the --max-clients cap of " + std::to_string(limits_.max_clients)
+                                 : "select() can watch no more (FD_SETSIZE " + std::to_string(FD_SETSIZE) + ")")
+                      << "\n";
+            continue;  // closed here: EOF for the client (a reset if it had sent bytes already)
         }
         iocp::set_nonblocking(client.get(), true);
         connections_.push_back(Connection{std::move(client), {}, false});

@@ -6,6 +6,7 @@
 #pragma once
 
 #include <atomic>
+#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <list>
@@ -82,6 +83,7 @@ private:
     std::atomic<std::uint64_t> refused_{0};
 
     std::list<Connection> connections_;  // touched by the loop thread only
+    std::chrono::steady_clock::time_point accept_paused_until_{};  // loop thread only
 };
 //! [server-class]
 

@@ -11,7 +11,7 @@ int main(int argc, char** argv) {
     cli.add_endpoint(where);
     ch03::Limits limits;
     long long max_clients = static_cast<long long>(limits.max_clients);
-    cli.add_int("--max-clients", max_clients, 1, static_cast<long long>(ch03::kSelectCapacity), "refuse clients beyond this many (default and maximum: what FD_SETSIZE allows, " + std::to_string(ch03::kSelectCapacity) + ")");
+    cli.add_int("--max-clients", max_clients, 1, static_cast<long long>(ch03::kSelectCapacity), "refuse clients beyond this many (default: as many as FD_SETSIZE allows, at most " + std::to_string(ch03::kSelectCapacity) + ")");
     if (const auto code = cli.parse(argc, argv)) return *code;
     limits.max_clients = static_cast<std::size_t>(max_clients);
 
