@@ -24,8 +24,8 @@ failed=0
 total_passed=0
 total_failed=0
 
-record() {  # flavour, status, tests passed, tests failed, seconds
-    summary+=("$(printf '%-11s %-5s %5s passed %4s failed %6ss' "$1" "$2" "$3" "$4" "$5")")
+record() {  # flavour, status, tests passed, tests failed, seconds, [per-chapter counts]
+    summary+=("$(printf '%-11s %-5s %5s passed %4s failed %6ss  %s' "$1" "$2" "$3" "$4" "$5" "${6:-}")")
 }
 
 run_ctest_flavour() {
@@ -50,7 +50,10 @@ run_ctest_flavour() {
     total_passed=$((total_passed + passed)); total_failed=$((total_failed + fails))
     local status=ok
     if [ "$fails" -ne 0 ] || ! grep -q '100% tests passed' "$log"; then status=FAIL; failed=1; fi
-    record "$preset" "$status" "$passed" "$fails" $((SECONDS - start))
+    # ctest's label summary: "ch01 = 1.3 sec*proc (13 tests)" -> "ch01:13"
+    local chapters
+    chapters=$(sed -n 's/^\(ch[0-9][0-9]\) *=.*(\([0-9]*\) tests\?).*/\1:\2/p' "$log" | tr '\n' ' ')
+    record "$preset" "$status" "$passed" "$fails" $((SECONDS - start)) "$chapters"
 }
 
 run_docs() {
@@ -58,7 +61,7 @@ run_docs() {
     echo "=== docs: doxygen (warnings are errors)"
     if cmake --preset debug >"$root/build/docs-configure.log" 2>&1 &&
        cmake --build --preset debug --target docs >"$root/build/docs-build.log" 2>&1; then
-        record docs ok - - $((SECONDS - start))
+        record docs ok - - $((SECONDS - start)) "no Doxygen warnings"
         echo "docs: $root/build/debug/docs/html/index.html"
     else
         tail -40 "$root/build/docs-build.log" "$root/build/docs-configure.log" 2>/dev/null
