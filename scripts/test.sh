@@ -35,12 +35,12 @@ run_ctest_flavour() {
         cat "$root/build/$preset-configure.log"; record "$preset" FAIL 0 0 $((SECONDS - start)); failed=1; return
     fi
     if ! cmake --build --preset "$preset" -j "$jobs" >"$root/build/$preset-build.log" 2>&1; then
-        tail -50 "$root/build/$preset-build.log"; record "$preset" FAIL 0 0 $((SECONDS - start)); failed=1; return
+        tail -n 50 "$root/build/$preset-build.log"; record "$preset" FAIL 0 0 $((SECONDS - start)); failed=1; return
     fi
     echo "=== $preset: ctest"
     ctest --preset "$preset" -j "$jobs" 2>&1 | tee "$log" | grep -E '^ *[0-9]+/[0-9]+ Test|tests passed|Skipped|Failed|\*\*\*' | grep -vE 'Passed' || true
     local line passed fails total
-    line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -1)
+    line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1)
     total=$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$line")
     fails=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
     if [ -z "$line" ] || [ "${total:-0}" -eq 0 ]; then
@@ -64,7 +64,7 @@ run_docs() {
         record docs ok - - $((SECONDS - start)) "no Doxygen warnings"
         echo "docs: $root/build/debug/docs/html/index.html"
     else
-        tail -40 "$root/build/docs-build.log" "$root/build/docs-configure.log" 2>/dev/null
+        tail -n 40 "$root/build/docs-build.log" "$root/build/docs-configure.log" 2>/dev/null
         record docs FAIL - - $((SECONDS - start)); failed=1
     fi
 }

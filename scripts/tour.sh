@@ -14,7 +14,7 @@ bash scripts/deps.sh
 echo "=== building (preset release)"
 cmake --preset release >/dev/null
 cmake --build --preset release -j "$(nproc 2>/dev/null || echo 2)" >build/tour-build.log 2>&1 \
-    || { tail -40 build/tour-build.log; exit 1; }
+    || { tail -n 40 build/tour-build.log; exit 1; }
 bin=$root/build/release
 tmp=$(mktemp -d)
 server_pid=""
@@ -103,5 +103,5 @@ printf '%s\n' "${lines[@]}"
 
 echo
 echo "=== docs"
-cmake --build --preset release --target docs >build/tour-docs.log 2>&1 || { tail -40 build/tour-docs.log; exit 1; }
+cmake --build --preset release --target docs >build/tour-docs.log 2>&1 || { tail -n 40 build/tour-docs.log; exit 1; }
 echo "docs: $bin/docs/html/index.html"
