@@ -50,6 +50,9 @@ void EchoServer::run() {
 void EchoServer::serve(iocp::socket_t client) {
     {
         std::lock_guard lock(mutex_);
+        // stop() sets stopping_ before it takes this lock. If it already looked for a
+        // client to wake and found none, nobody would wake us in recv(): leave now.
+        if (stopping_) return;
         current_ = client;
     }
     ++live_;
