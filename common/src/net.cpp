@@ -112,29 +112,6 @@ void UniqueSocket::reset(socket_t s) noexcept {
 
 namespace {
 
-struct AddrInfoDeleter {
-    void operator()(addrinfo* ai) const noexcept { freeaddrinfo(ai); }
-};
-
-// Numeric addresses only: a tutorial server binds what the reader typed, no DNS.
-addrinfo* resolve(const Endpoint& where, bool passive) {
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_protocol = IPPROTO_TCP;
-    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV | (passive ? AI_PASSIVE : 0);
-    const std::string port = std::to_string(where.port);
-    addrinfo* result = nullptr;
-    if (const int rc = getaddrinfo(where.host.c_str(), port.c_str(), &hints, &result); rc != 0) {
-#ifdef _WIN32
-        throw SystemError("getaddrinfo(" + where.host + ")", rc);
-#else
-        throw std::runtime_error("getaddrinfo(" + where.host + ") failed: " + gai_strerror(rc));
-#endif
-    }
-    return result;
-}
-
 std::string format_address(const sockaddr_storage& ss) {
     char host[INET6_ADDRSTRLEN] = {};
     std::uint16_t port = 0;
@@ -152,14 +129,37 @@ std::string format_address(const sockaddr_storage& ss) {
 
 }  // namespace
 
+// Numeric addresses only: a tutorial server binds what the reader typed, no DNS.
+SocketAddress resolve(const Endpoint& where) {
+    addrinfo hints{};
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_protocol = IPPROTO_TCP;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    const std::string port = std::to_string(where.port);
+    addrinfo* result = nullptr;
+    if (const int rc = getaddrinfo(where.host.c_str(), port.c_str(), &hints, &result); rc != 0) {
+#ifdef _WIN32
+        throw SystemError("getaddrinfo(" + where.host + ")", rc);
+#else
+        throw std::runtime_error("getaddrinfo(" + where.host + ") failed: " + gai_strerror(rc));
+#endif
+    }
+    SocketAddress out;
+    std::memcpy(&out.storage, result->ai_addr, result->ai_addrlen);
+    out.length = static_cast<socklen_t>(result->ai_addrlen);
+    freeaddrinfo(result);
+    return out;
+}
+
 std::string to_string(const Endpoint& e) {
     const bool v6 = e.host.find(':') != std::string::npos;
     return (v6 ? "[" + e.host + "]" : e.host) + ":" + std::to_string(e.port);
 }
 
 UniqueSocket listen_tcp(const Endpoint& where, int backlog) {
-    std::unique_ptr<addrinfo, AddrInfoDeleter> ai(resolve(where, true));
-    UniqueSocket s(::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol));
+    const SocketAddress addr = resolve(where);
+    UniqueSocket s(::socket(addr.family(), SOCK_STREAM, IPPROTO_TCP));
     if (!s) throw_socket_error("socket");
     const int one = 1;
 #ifdef _WIN32
@@ -171,7 +171,7 @@ UniqueSocket listen_tcp(const Endpoint& where, int backlog) {
     // Lets a restarted server bind while old connections sit in TIME_WAIT.
     setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 #endif
-    if (::bind(s.get(), ai->ai_addr, static_cast<int>(ai->ai_addrlen)) != 0)
+    if (::bind(s.get(), addr.get(), addr.length) != 0)
         throw_socket_error(("bind(" + where.host + ":" + std::to_string(where.port) + ")").c_str());
     if (::listen(s.get(), backlog) != 0) throw_socket_error("listen");
     return s;
@@ -185,13 +185,6 @@ std::uint16_t local_port(socket_t s) {
     return ntohs(reinterpret_cast<const sockaddr_in&>(ss).sin_port);
 }
 
-std::string local_address(socket_t s) {
-    sockaddr_storage ss{};
-    socklen_t len = sizeof ss;
-    if (getsockname(s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
-    return format_address(ss);
-}
-
 std::string peer_address(socket_t s) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
@@ -200,10 +193,10 @@ std::string peer_address(socket_t s) {
 }
 
 UniqueSocket connect_tcp(const Endpoint& to) {
-    std::unique_ptr<addrinfo, AddrInfoDeleter> ai(resolve(to, false));
-    UniqueSocket s(::socket(ai->ai_family, ai->ai_socktype, ai->ai_protocol));
+    const SocketAddress addr = resolve(to);
+    UniqueSocket s(::socket(addr.family(), SOCK_STREAM, IPPROTO_TCP));
     if (!s) throw_socket_error("socket");
-    if (::connect(s.get(), ai->ai_addr, static_cast<int>(ai->ai_addrlen)) != 0)
+    if (::connect(s.get(), addr.get(), addr.length) != 0)
         throw_socket_error(("connect(" + to.host + ":" + std::to_string(to.port) + ")").c_str());
     return s;
 }

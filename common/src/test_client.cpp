@@ -4,7 +4,6 @@
 #include <memory>
 
 #ifndef _WIN32
-#include <netdb.h>
 #include <poll.h>
 
 #include <cerrno>
@@ -96,20 +95,12 @@ bool try_recv(socket_t s, std::string& out, std::size_t max) {
 
 TestClient TestClient::connect(const Endpoint& to, Millis timeout) {
     const auto deadline = Clock::now() + timeout;
-    addrinfo hints{};
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
-    addrinfo* ai = nullptr;
-    if (getaddrinfo(to.host.c_str(), std::to_string(to.port).c_str(), &hints, &ai) != 0 || !ai)
-        throw std::runtime_error("bad address " + to.host);
-    std::unique_ptr<addrinfo, void (*)(addrinfo*)> guard(ai, freeaddrinfo);
-
-    UniqueSocket s(::socket(ai->ai_family, SOCK_STREAM, IPPROTO_TCP));
+    const SocketAddress addr = resolve(to);
+    UniqueSocket s(::socket(addr.family(), SOCK_STREAM, IPPROTO_TCP));
     if (!s) throw_socket_error("socket");
     set_nonblocking(s.get(), true);
     set_nodelay(s.get(), true);  // small test messages go out at once (see DESIGN: Nagle)
-    if (::connect(s.get(), ai->ai_addr, static_cast<int>(ai->ai_addrlen)) != 0) {
+    if (::connect(s.get(), addr.get(), addr.length) != 0) {
         const int err = last_socket_error();
 #ifdef _WIN32
         if (err != WSAEWOULDBLOCK) throw SystemError("connect", err);

@@ -127,9 +127,17 @@ UniqueSocket listen_tcp(const Endpoint& where, int backlog = SOMAXCONN);
 /// The local port a socket is bound to (the real one after binding port 0).
 std::uint16_t local_port(socket_t s);
 
-/// "127.0.0.1:6000" / "[::1]:6000" for the socket's local or peer address.
-std::string local_address(socket_t s);
+/// "127.0.0.1:6000" / "[::1]:6000" for the socket's peer.
 std::string peer_address(socket_t s);
+
+/// A numeric address (IPv4 or IPv6 literal, no DNS) ready for bind() or connect().
+struct SocketAddress {
+    sockaddr_storage storage{};
+    socklen_t length = 0;
+    int family() const { return storage.ss_family; }
+    const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
+};
+SocketAddress resolve(const Endpoint& where);
 
 /// A connected TCP socket (blocking connect; for programs and tools, not servers).
 UniqueSocket connect_tcp(const Endpoint& to);
