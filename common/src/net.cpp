@@ -1,5 +1,6 @@
-// common/net.cpp - see net.h.
+// common/net.cpp - see net.h (and handle.h for throw_last_error).
 #include "iocp/net.h"
+#include "iocp/handle.h"
 
 #include <cerrno>
 #include <cstring>
@@ -297,5 +298,18 @@ void poke_listener(socket_t listener) {
     } catch (...) {
     }
 }
+
+}  // namespace iocp
+
+// ---------------------------------------------------------------------------------------
+// handle.h
+
+namespace iocp {
+
+#ifdef _WIN32
+void throw_last_error(const char* call) { throw SystemError(call, static_cast<int>(GetLastError())); }
+#else
+void throw_last_error(const char* call) { throw SystemError(call, errno); }
+#endif
 
 }  // namespace iocp
