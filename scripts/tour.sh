@@ -57,10 +57,10 @@ peak_threads() {
 }
 
 lines=()
-run_chapter() {  # name, server program, clients, rounds
-    local name=$1 prog=$2 clients=$3 rounds=$4 out rate threads
+run_chapter() {  # name, server program, clients, rounds, [idle connections held open]
+    local name=$1 prog=$2 clients=$3 rounds=$4 idle=${5:-0} out rate threads
     start_server "$prog"
-    out=$(peak_threads "$server_pid" "$bin/bench/echo_load" --port "$port" --clients "$clients" --rounds "$rounds" --size 64)
+    out=$(peak_threads "$server_pid" "$bin/bench/echo_load" --port "$port" --clients "$clients" --rounds "$rounds" --size 64 --idle "$idle")
     stop_server
     rate=$(sed -n 's/.*(\([0-9]*\) round trips\/s).*/\1/p' <<<"$out")
     threads=$(sed -n 's/^peak threads: //p' <<<"$out")
@@ -94,6 +94,13 @@ echo
 echo "=== chapter 3: select(), one thread"
 run_chapter "03 select" "$bin/chapters/03-select/ch03_echo_server" 1 2000
 run_chapter "03 select" "$bin/chapters/03-select/ch03_echo_server" 100 200
+run_chapter "03 select, +900 idle" "$bin/chapters/03-select/ch03_echo_server" 1 5000 900
+
+echo
+echo "=== chapter 4: readiness (epoll here; WSAEventSelect on Windows), one thread"
+run_chapter "04 epoll" "$bin/chapters/04-readiness/ch04_echo_server" 1 2000
+run_chapter "04 epoll" "$bin/chapters/04-readiness/ch04_echo_server" 100 200
+run_chapter "04 epoll, +900 idle" "$bin/chapters/04-readiness/ch04_echo_server" 1 5000 900
 
 echo
 echo "=== side by side (this machine, this run; 64-byte messages, every byte checked)"
