@@ -1,0 +1,304 @@
+// Chapter 7 - the completion port, Windows side. See echo_server.h and docs/pages/ch07.md.
+// Its Linux twin is echo_uring.cpp: the same functions in the same order, so that
+// `diff echo_iocp.cpp echo_uring.cpp` shows only what the OS changes.
+#include "echo_server.h"
+
+#include <chrono>
+#include <cstdlib>
+#include <iostream>
+#include <string>
+
+namespace ch07 {
+
+namespace {
+
+// The exit packet's key. Every connection's key is its address, which is never 0.
+constexpr ULONG_PTR kExitKey = 0;
+constexpr std::chrono::milliseconds kAcceptBackoff{100};
+
+// A call on our own port failed: the process is in a state we cannot reason about, and
+// freeing any context now could hand the kernel memory that is no longer ours.
+[[noreturn]] void fatal(const char* call, DWORD error) {
+    std::cerr << "ch07: " << call << " failed: " << error << " " << iocp::error_text(static_cast<int>(error))
+              << "; cannot continue\n";
+    std::abort();
+}
+
+}  // namespace
+
+EchoServer::EchoServer(iocp::Endpoint where, Limits limits) : where_(std::move(where)), limits_(limits) {
+    if (limits_.buffer_size == 0) limits_.buffer_size = 1;
+}
+
+EchoServer::~EchoServer() { stop(); }
+
+//! [start]
+void EchoServer::start() {
+    //! [create-port]
+    // A port with no file handle yet: INVALID_HANDLE_VALUE and no existing port create
+    // it. The last argument, NumberOfConcurrentThreads, is how many threads the port lets
+    // run at once; 1 matches our one worker (0 would mean "as many as processors").
+    // (learn.microsoft.com/windows/win32/api/ioapiset/nf-ioapiset-createiocompletionport)
+    completion_port_ = iocp::UniqueHandle(CreateIoCompletionPort(INVALID_HANDLE_VALUE, nullptr, 0, 1));
+    if (!completion_port_) iocp::throw_last_error("CreateIoCompletionPort");
+    //! [create-port]
+    listener_ = iocp::listen_tcp(where_);  // socket() makes overlapped-capable sockets
+    port_ = iocp::local_port(listener_.get());
+    worker_ = std::thread([this] { worker_loop(); });
+    accept_thread_ = std::thread([this] { accept_clients(); });
+}
+//! [start]
+
+//! [accept]
+// The accept thread, as in the original article: a blocking accept() in a loop. It
+// only admits clients; the worker does all the I/O.
+void EchoServer::accept_clients() {
+    while (!stopping_) {
+        iocp::UniqueSocket client(::accept(listener_.get(), nullptr, nullptr));
+        if (stopping_) break;  // woken by stop(): its own connection, or a cancelled accept
+        if (!client) {
+            const int err = iocp::last_socket_error();
+            if (iocp::is_disconnect_error(err)) continue;  // that client gave up while queued
+            // Out of sockets or memory (WSAEMFILE, WSAENOBUFS), or anything else: pause,
+            // since trying again at once would fail again at once.
+            std::cerr << "ch07: accept failed: " << err << " " << iocp::error_text(err) << "\n";
+            std::this_thread::sleep_for(kAcceptBackoff);
+            continue;
+        }
+        admit(std::move(client));
+    }
+}
+//! [accept]
+
+//! [admit]
+void EchoServer::admit(iocp::UniqueSocket client) {
+    if (live_ >= limits_.max_clients) {
+        ++refused_;
+        std::cerr << "ch07: refusing " << iocp::peer_address(client.get()) << ": at the cap of "
+                  << limits_.max_clients << " clients\n";
+        return;  // closed here: the client sees EOF
+    }
+    try {
+        // An echo split over two sends would wait ~40 ms for the peer's delayed ACK
+        // under Nagle's algorithm; a request/response server turns Nagle off.
+        iocp::set_nodelay(client.get(), true);
+    } catch (const iocp::SystemError& e) {
+        std::cerr << "ch07: " << e.what() << "\n";
+        return;
+    }
+    Connection* c = nullptr;
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        c = &connections_.emplace_back();
+        c->self = std::prev(connections_.end());
+    }
+    ++live_;
+    c->socket = std::move(client);
+    c->buffer.resize(limits_.buffer_size);
+    c->io.connection = c;
+    //! [associate]
+    // Associate the socket with the port. From now on every completion of an operation
+    // on this socket is queued to the port, carrying this key: the connection's
+    // address. A key is a ULONG_PTR, as wide as a pointer; a DWORD would cut it in half.
+    if (CreateIoCompletionPort(reinterpret_cast<HANDLE>(c->socket.get()), completion_port_.get(),
+                               reinterpret_cast<ULONG_PTR>(c), 0) == nullptr) {
+        const DWORD err = GetLastError();
+        std::cerr << "ch07: CreateIoCompletionPort(socket) failed: " << err << " "
+                  << iocp::error_text(static_cast<int>(err)) << "\n";
+        close_connection(*c);
+        return;
+    }
+    //! [associate]
+    post_recv(*c);  // the worker may handle its completion before this call returns
+}
+//! [admit]
+
+//! [post-recv]
+void EchoServer::post_recv(Connection& c) {
+    c.io.op = Op::kRecv;
+    c.io.overlapped = OVERLAPPED{};  // a fresh OVERLAPPED for every operation
+    // WSARecv copies the WSABUF array before it returns, so it may live on the stack;
+    // the bytes it points to are the kernel's until the completion.
+    WSABUF buf{static_cast<ULONG>(c.buffer.size()), c.buffer.data()};
+    DWORD flags = 0;
+    c.pending = true;
+    ++in_flight_;  // before the call: the completion may be handled before it returns
+    // lpNumberOfBytesRecvd is nullptr: with an OVERLAPPED, Microsoft's WSARecv page
+    // says to pass NULL "to avoid potentially erroneous results"; the count comes with
+    // the completion. Returning 0 (done at once) still queues a completion packet.
+    if (WSARecv(c.socket.get(), &buf, 1, nullptr, &flags, &c.io.overlapped, nullptr) == SOCKET_ERROR) {
+        const int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {  // failed to start: no packet will come for it
+            --in_flight_;
+            c.pending = false;
+            if (!iocp::is_disconnect_error(err))
+                std::cerr << "ch07: WSARecv failed: " << err << " " << iocp::error_text(err) << "\n";
+            close_connection(c);
+        }
+    }
+}
+//! [post-recv]
+
+//! [post-send]
+void EchoServer::post_send(Connection& c) {
+    c.io.op = Op::kSend;
+    c.io.overlapped = OVERLAPPED{};
+    WSABUF buf{static_cast<ULONG>(c.filled - c.sent), c.buffer.data() + c.sent};
+    c.pending = true;
+    ++in_flight_;
+    if (WSASend(c.socket.get(), &buf, 1, nullptr, 0, &c.io.overlapped, nullptr) == SOCKET_ERROR) {
+        const int err = WSAGetLastError();
+        if (err != WSA_IO_PENDING) {
+            --in_flight_;
+            c.pending = false;
+            if (!iocp::is_disconnect_error(err))
+                std::cerr << "ch07: WSASend failed: " << err << " " << iocp::error_text(err) << "\n";
+            close_connection(c);
+        }
+    }
+}
+//! [post-send]
+
+//! [complete]
+// One finished operation of connection c: `error` is 0 for success, else the error the
+// packet brought back (64 for a reset, for instance), and `bytes` is what moved.
+void EchoServer::complete(Connection& c, DWORD error, DWORD bytes) {
+    --in_flight_;
+    c.pending = false;
+    if (c.closing) {  // we closed the socket: this is its cancelled operation coming home
+        free_connection(c);
+        return;
+    }
+    if (error != ERROR_SUCCESS) {
+        if (!iocp::is_disconnect_error(static_cast<int>(error)))
+            std::cerr << "ch07: " << (c.io.op == Op::kRecv ? "WSARecv" : "WSASend") << " completed with error "
+                      << error << " " << iocp::error_text(static_cast<int>(error)) << "\n";
+        close_connection(c);
+        return;
+    }
+    if (c.io.op == Op::kRecv) {
+        if (bytes == 0) {  // FIN. Everything before it is echoed already: we never read
+            close_connection(c);  // while a send is out. Closing sends our FIN.
+            return;
+        }
+        c.filled = bytes;
+        c.sent = 0;
+        post_send(c);
+        return;
+    }
+    if (bytes == 0) {  // a send that moved nothing and reported no error: never expected
+        std::cerr << "ch07: WSASend completed with 0 bytes; closing\n";
+        close_connection(c);
+        return;
+    }
+    c.sent += bytes;
+    if (c.sent < c.filled) {  // partial send: post the rest
+        ++reposted_;
+        post_send(c);
+    } else {
+        post_recv(c);  // all echoed: read again
+    }
+}
+//! [complete]
+
+//! [worker]
+void EchoServer::worker_loop() {
+    bool draining = false;
+    for (;;) {
+        DWORD bytes = 0;
+        ULONG_PTR key = 0;
+        OVERLAPPED* overlapped = nullptr;
+        const BOOL ok = GetQueuedCompletionStatus(completion_port_.get(), &bytes, &key, &overlapped, INFINITE);
+        const DWORD error = ok ? ERROR_SUCCESS : GetLastError();
+        if (overlapped != nullptr) {
+            // TRUE: the operation succeeded. FALSE with an OVERLAPPED: the operation
+            // failed, and `error` says why; key and bytes are valid either way. The key
+            // names the connection (per handle), the OVERLAPPED the operation (per I/O).
+            IoContext* io = CONTAINING_RECORD(overlapped, IoContext, overlapped);
+            Connection* c = reinterpret_cast<Connection*>(key);
+            if (io->connection != c) fatal("a packet whose key and OVERLAPPED disagree", ERROR_INVALID_DATA);
+            complete(*c, error, bytes);
+        } else if (!ok) {
+            // FALSE with no OVERLAPPED: nothing was dequeued. With INFINITE this is not a
+            // timeout; it means the port itself failed (ERROR_ABANDONED_WAIT_0: closed).
+            fatal("GetQueuedCompletionStatus", error);
+        } else if (key == kExitKey) {
+            // TRUE with no OVERLAPPED: a packet we posted ourselves, the exit packet.
+            close_all();
+            draining = true;
+        } else {
+            std::cerr << "ch07: ignoring a posted packet with unknown key " << key << "\n";
+        }
+        // Leave only when every operation has come home: each context is free by then.
+        if (draining && in_flight_ == 0) return;
+    }
+}
+//! [worker]
+
+//! [close]
+void EchoServer::close_connection(Connection& c) {
+    if (c.closing) return;
+    c.closing = true;
+    // Cancel what is pending on the socket, then close it. The cancelled operation still
+    // completes, with an error, and its packet is how we learn the kernel is done with
+    // c.io and c.buffer. On Windows closesocket() alone cancels pending operations
+    // (closesocket, Remarks). Wine 8 leaves a send that waits for the peer to read
+    // pending after closesocket(), so the drain in stop() would wait forever; CancelIoEx
+    // completes it there too (995, ERROR_OPERATION_ABORTED), and is harmless on Windows.
+    // Only the worker (or the accept thread, before the first receive) closes a socket:
+    // "never issue closesocket on s concurrently with another Winsock function call".
+    if (c.pending) CancelIoEx(reinterpret_cast<HANDLE>(c.socket.get()), nullptr);
+    c.socket.reset();
+    if (!c.pending) free_connection(c);
+}
+
+void EchoServer::free_connection(Connection& c) {
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        connections_.erase(c.self);
+    }
+    --live_;
+    ++served_;
+}
+//! [close]
+
+//! [close-all]
+// Runs on the worker, after the accept thread has ended: nobody else touches
+// connections_ any more.
+void EchoServer::close_all() {
+    for (auto it = connections_.begin(); it != connections_.end();) {
+        Connection& c = *it++;  // close_connection may erase c
+        close_connection(c);
+    }
+}
+//! [close-all]
+
+//! [stop]
+void EchoServer::stop() {
+    if (!worker_.joinable()) return;
+    stopping_ = true;
+    // 1. Stop accepting. A connection of our own wakes a blocked accept() without a race
+    // (an accept() about to start finds it waiting). CancelIoEx covers a connect that
+    // could not get through; neither shutdown() nor closesocket() on the listener wakes
+    // a blocked accept() under Wine 8, CancelIoEx does (error 995).
+    if (accept_thread_.joinable()) {
+        iocp::poke_listener(listener_.get());
+        CancelIoEx(reinterpret_cast<HANDLE>(listener_.get()), nullptr);
+        accept_thread_.join();
+    }
+    listener_.reset();
+    // 2. The exit packet: the worker closes every connection, handles each cancelled
+    // operation as it comes home (freeing its connection), and returns once none is
+    // left in flight. Then nothing the kernel could still write to is freed early.
+    while (!PostQueuedCompletionStatus(completion_port_.get(), 0, kExitKey, nullptr)) {
+        const DWORD err = GetLastError();
+        std::cerr << "ch07: PostQueuedCompletionStatus failed: " << err << " "
+                  << iocp::error_text(static_cast<int>(err)) << "; retrying\n";
+        std::this_thread::sleep_for(kAcceptBackoff);
+    }
+    worker_.join();
+    completion_port_.reset();
+}
+//! [stop]
+
+}  // namespace ch07

@@ -1,0 +1,355 @@
+// Chapter 7 - the completion port's Linux twin: one io_uring, one thread. See
+// echo_server.h and docs/pages/ch07.md. The same functions in the same order as
+// echo_iocp.cpp, so that `diff echo_iocp.cpp echo_uring.cpp` shows only what the OS
+// changes.
+#include "echo_server.h"
+
+#include <cerrno>
+#include <cstdlib>
+#include <iostream>
+#include <stdexcept>
+#include <string>
+
+#include <poll.h>
+#include <sys/eventfd.h>
+
+namespace ch07 {
+
+namespace {
+
+// Submission queue entries; the completion queue gets twice as many.
+constexpr unsigned kRingEntries = 256;
+constexpr long long kAcceptBackoffNs = 100'000'000;  // 100 ms
+
+// A call on our own ring failed: the process is in a state we cannot reason about, and
+// freeing any context now could hand the kernel memory that is no longer ours.
+[[noreturn]] void fatal(const char* call, int error) {
+    std::cerr << "ch07: " << call << " failed: " << error << " " << iocp::error_text(error) << "; cannot continue\n";
+    std::abort();
+}
+
+}  // namespace
+
+EchoServer::EchoServer(iocp::Endpoint where, Limits limits) : where_(std::move(where)), limits_(limits) {
+    if (limits_.buffer_size == 0) limits_.buffer_size = 1;
+}
+
+EchoServer::~EchoServer() { stop(); }
+
+//! [start]
+void EchoServer::start() {
+    //! [create-port]
+    // One ring: a submission queue we fill with requests, a completion queue the kernel
+    // fills with results. The port's queue has no fixed size; the ring's has, and a
+    // completion must never be dropped when it is full: IORING_FEAT_NODROP (Linux 5.5)
+    // keeps the overflow in the kernel until we have made room.
+    io_uring_params params{};
+    if (const int rc = io_uring_queue_init_params(kRingEntries, &ring_, &params); rc < 0)
+        throw iocp::SystemError("io_uring_queue_init", -rc);
+    ring_ready_ = true;
+    if ((params.features & IORING_FEAT_NODROP) == 0)
+        throw std::runtime_error("ch07: this kernel's io_uring may drop completions (Linux 5.5 or later needed)");
+    //! [create-port]
+    wake_ = iocp::UniqueFd(::eventfd(0, EFD_CLOEXEC));
+    if (!wake_) iocp::throw_last_error("eventfd");
+    listener_ = iocp::listen_tcp(where_);
+    port_ = iocp::local_port(listener_.get());
+    accept_pause_.tv_nsec = kAcceptBackoffNs;
+    worker_ = std::thread([this] { worker_loop(); });
+}
+//! [start]
+
+//! [get-sqe]
+// The next free submission queue entry. It is only filled in here; the kernel sees it
+// at the next io_uring_submit*. A full queue is handed to the kernel at once.
+io_uring_sqe* EchoServer::get_sqe() {
+    io_uring_sqe* sqe = io_uring_get_sqe(&ring_);
+    if (sqe == nullptr) {
+        io_uring_submit(&ring_);
+        sqe = io_uring_get_sqe(&ring_);
+    }
+    return sqe;  // nullptr only when the kernel would take nothing more right now
+}
+//! [get-sqe]
+
+//! [accept]
+// No accept thread: the accept is one more request in the ring, posted again each time
+// it completes (see on_completion).
+void EchoServer::accept_clients() {
+    io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) fatal("io_uring_get_sqe(accept)", EBUSY);
+    accept_io_.op = Op::kAccept;
+    io_uring_prep_accept(sqe, listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
+    io_uring_sqe_set_data(sqe, &accept_io_);
+    accept_pending_ = true;
+}
+//! [accept]
+
+//! [admit]
+void EchoServer::admit(iocp::UniqueSocket client) {
+    if (live_ >= limits_.max_clients) {
+        ++refused_;
+        std::cerr << "ch07: refusing " << iocp::peer_address(client.get()) << ": at the cap of "
+                  << limits_.max_clients << " clients\n";
+        return;  // closed here: the client sees EOF
+    }
+    try {
+        // An echo split over two sends would wait ~40 ms for the peer's delayed ACK
+        // under Nagle's algorithm; a request/response server turns Nagle off.
+        iocp::set_nodelay(client.get(), true);
+    } catch (const iocp::SystemError& e) {
+        std::cerr << "ch07: " << e.what() << "\n";
+        return;
+    }
+    Connection* c = &connections_.emplace_back();  // the worker is the only thread here
+    c->self = std::prev(connections_.end());
+    ++live_;
+    c->socket = std::move(client);
+    c->buffer.resize(limits_.buffer_size);
+    c->io.connection = c;
+    //! [associate]
+    // Nothing to associate: a ring takes requests on any descriptor, and each request
+    // carries its own context (user_data). There is no per-handle key.
+    //! [associate]
+    post_recv(*c);
+}
+//! [admit]
+
+//! [post-recv]
+void EchoServer::post_recv(Connection& c) {
+    io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) {
+        std::cerr << "ch07: no submission queue entry for a receive; closing\n";
+        close_connection(c);
+        return;
+    }
+    c.io.op = Op::kRecv;
+    // The buffer is the kernel's from the submission until the completion. There is no
+    // "failed to start" here: an error, even a bad descriptor, comes back as the
+    // completion's result.
+    io_uring_prep_recv(sqe, c.socket.get(), c.buffer.data(), c.buffer.size(), 0);
+    io_uring_sqe_set_data(sqe, &c.io);  // user_data: what the completion hands back
+    c.pending = true;
+    ++in_flight_;
+}
+//! [post-recv]
+
+//! [post-send]
+void EchoServer::post_send(Connection& c) {
+    io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) {
+        std::cerr << "ch07: no submission queue entry for a send; closing\n";
+        close_connection(c);
+        return;
+    }
+    c.io.op = Op::kSend;
+    // MSG_NOSIGNAL: a peer that has gone makes this send fail with EPIPE instead of
+    // raising SIGPIPE, whose default action ends the process.
+    io_uring_prep_send(sqe, c.socket.get(), c.buffer.data() + c.sent, c.filled - c.sent, MSG_NOSIGNAL);
+    io_uring_sqe_set_data(sqe, &c.io);
+    c.pending = true;
+    ++in_flight_;
+}
+//! [post-send]
+
+//! [complete]
+// One finished operation of connection c: `result` is the byte count, or -errno
+// (-ECONNRESET for a reset, for instance).
+void EchoServer::complete(Connection& c, int result) {
+    --in_flight_;
+    c.pending = false;
+    if (c.closing) {  // we cancelled it: this is the operation coming home
+        free_connection(c);
+        return;
+    }
+    if (result < 0) {
+        if (!iocp::is_disconnect_error(-result))
+            std::cerr << "ch07: " << (c.io.op == Op::kRecv ? "recv" : "send") << " completed with error "
+                      << -result << " " << iocp::error_text(-result) << "\n";
+        close_connection(c);
+        return;
+    }
+    const auto bytes = static_cast<std::size_t>(result);
+    if (c.io.op == Op::kRecv) {
+        if (bytes == 0) {  // FIN. Everything before it is echoed already: we never read
+            close_connection(c);  // while a send is out. Closing sends our FIN.
+            return;
+        }
+        c.filled = bytes;
+        c.sent = 0;
+        post_send(c);
+        return;
+    }
+    if (bytes == 0) {  // a send that moved nothing and reported no error: never expected
+        std::cerr << "ch07: send completed with 0 bytes; closing\n";
+        close_connection(c);
+        return;
+    }
+    c.sent += bytes;
+    if (c.sent < c.filled) {  // short send: adjust and requeue the rest
+        ++reposted_;
+        post_send(c);
+    } else {
+        post_recv(c);  // all echoed: read again
+    }
+}
+//! [complete]
+
+//! [dispatch]
+// What the port does with its completion key, the ring does with user_data: it names
+// the request. Besides the connections' receives and sends, the ring has three of its
+// own: the accept, the pause after a failed accept, and the poll on the wake-up eventfd.
+void EchoServer::on_completion(IoContext& io, int result) {
+    switch (io.op) {
+    case Op::kRecv:
+    case Op::kSend:
+        complete(*io.connection, result);
+        return;
+    case Op::kAccept:
+        accept_pending_ = false;
+        if (draining_) {
+            if (result >= 0) iocp::close_socket(result);  // arrived as we stopped
+            return;
+        }
+        if (result >= 0) {
+            admit(iocp::UniqueSocket(result));
+        } else if (!iocp::is_disconnect_error(-result) && -result != EINTR) {
+            // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS), or anything else:
+            // the client stays queued, and accepting again at once would fail at once.
+            // Pause with a timeout request, so that the thread keeps serving the others.
+            std::cerr << "ch07: accept failed: " << -result << " " << iocp::error_text(-result) << "\n";
+            io_uring_sqe* sqe = get_sqe();
+            if (sqe == nullptr) fatal("io_uring_get_sqe(timeout)", EBUSY);
+            accept_io_.op = Op::kAcceptPause;
+            io_uring_prep_timeout(sqe, &accept_pause_, 0, 0);
+            io_uring_sqe_set_data(sqe, &accept_io_);
+            accept_pending_ = true;
+            return;
+        }
+        accept_clients();  // the next client
+        return;
+    case Op::kAcceptPause:
+        accept_pending_ = false;
+        if (!draining_) accept_clients();
+        return;
+    case Op::kWake:  // stop()'s exit packet: the eventfd became readable
+        wake_pending_ = false;
+        if (result < 0) std::cerr << "ch07: poll(eventfd) failed: " << iocp::error_text(-result) << "\n";
+        draining_ = true;
+        close_all();
+        return;
+    }
+}
+//! [dispatch]
+
+//! [worker]
+void EchoServer::worker_loop() {
+    // The mailbox for stop()'s exit packet: a poll on the eventfd, pending until it is
+    // written. (A poll, not a read: a poll request only waits, and never occupies one
+    // of the kernel's worker threads, whatever the kernel version.)
+    io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) fatal("io_uring_get_sqe(eventfd)", EBUSY);
+    wake_io_.op = Op::kWake;
+    io_uring_prep_poll_add(sqe, wake_.get(), POLLIN);
+    io_uring_sqe_set_data(sqe, &wake_io_);
+    wake_pending_ = true;
+    accept_clients();
+    for (;;) {
+        // Hand the kernel every request prepared since the last round, and sleep until
+        // at least one completion is queued: GetQueuedCompletionStatus, in one call.
+        const int rc = io_uring_submit_and_wait(&ring_, 1);
+        if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) fatal("io_uring_submit_and_wait", -rc);
+        io_uring_cqe* cqe = nullptr;
+        if (io_uring_peek_cqe(&ring_, &cqe) != 0) continue;  // woken without a completion
+        // A completion is user_data, given back untouched (our IoContext*, the key and
+        // the OVERLAPPED in one), and res: a byte count or -errno, never both.
+        auto* io = static_cast<IoContext*>(io_uring_cqe_get_data(cqe));
+        const int result = cqe->res;
+        io_uring_cqe_seen(&ring_, cqe);  // the slot is the kernel's again: read it first
+        if (io != nullptr) {
+            on_completion(*io, result);
+        } else {  // a cancel request's own completion; its target completes separately
+            --cancels_in_flight_;
+            if (result < 0 && result != -ENOENT)  // -ENOENT: the target had finished already
+                std::cerr << "ch07: cancel: " << -result << " " << iocp::error_text(-result) << "\n";
+        }
+        // Leave only when every request has come home: each context is free by then.
+        if (draining_ && in_flight_ == 0 && !accept_pending_ && !wake_pending_ && cancels_in_flight_ == 0) return;
+    }
+}
+//! [worker]
+
+//! [close]
+void EchoServer::close_connection(Connection& c) {
+    if (c.closing) return;
+    c.closing = true;
+    // close() would cancel nothing here: a request in the ring holds its own reference
+    // to the socket. So the pending operation is cancelled by name; it still completes
+    // (-ECANCELED, or its real result if it finished first), and that completion is how
+    // we learn the kernel is done with c.io and c.buffer. The socket closes with c.
+    if (c.pending) {
+        cancel(c.io, c.socket.get());
+    } else {
+        free_connection(c);
+    }
+}
+
+void EchoServer::free_connection(Connection& c) {
+    connections_.erase(c.self);  // closes the socket: the client sees FIN
+    --live_;
+    ++served_;
+}
+
+// IORING_OP_ASYNC_CANCEL finds the request by its user_data. During the drain no new
+// request is made, so no other request can carry the same address (chapter 9 adds
+// generation tags for the general case).
+void EchoServer::cancel(IoContext& io, iocp::socket_t fd) {
+    io_uring_sqe* sqe = get_sqe();
+    if (sqe == nullptr) {
+        // The kernel takes no more requests right now: wake the operation the blunt way.
+        // A pending recv then returns 0, a send EPIPE, an accept EINVAL.
+        ::shutdown(fd, SHUT_RDWR);
+        return;
+    }
+    io_uring_prep_cancel(sqe, &io, 0);
+    io_uring_sqe_set_data(sqe, nullptr);
+    ++cancels_in_flight_;
+}
+//! [close]
+
+//! [close-all]
+// Runs on the worker, like everything that touches the ring or connections_.
+void EchoServer::close_all() {
+    if (accept_pending_) cancel(accept_io_, listener_.get());
+    for (auto it = connections_.begin(); it != connections_.end();) {
+        Connection& c = *it++;  // close_connection may erase c
+        close_connection(c);
+    }
+}
+//! [close-all]
+
+//! [stop]
+void EchoServer::stop() {
+    if (worker_.joinable()) {
+        stopping_ = true;
+        // 1. Stop accepting: nothing to do here. The accept is a request in the ring,
+        // and the worker cancels it with everything else.
+        // 2. The exit packet: eight bytes on the eventfd complete the poll the ring has
+        // pending on it. The worker then cancels every request, handles each one as it
+        // comes home (freeing its connection), and returns once none is left in flight.
+        const std::uint64_t one = 1;
+        while (::write(wake_.get(), &one, sizeof one) < 0) {
+            if (errno != EINTR) fatal("write(eventfd)", errno);
+        }
+        worker_.join();
+    }
+    listener_.reset();
+    wake_.reset();
+    if (ring_ready_) {
+        io_uring_queue_exit(&ring_);
+        ring_ready_ = false;
+    }
+}
+//! [stop]
+
+}  // namespace ch07

@@ -1,0 +1,793 @@
+// Chapter 7 tests. First the port alone, as a queue, with no server: what a reader may
+// rely on when a worker calls GetQueuedCompletionStatus (on Linux, the same lessons on
+// an io_uring, with NOPs and messages). Then the echo server: the echo contract with
+// 200 clients, no cross-talk between clients with distinct binary payloads, one
+// receive posted per idle connection, short sends re-posted, and stop() under load
+// leaving no operation in flight and no connection alive.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <set>
+#include <string>
+#include <string_view>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "contract/echo_contract.h"
+#include "echo_server.h"
+#include "iocp/handle.h"
+#include "iocp/test_client.h"
+#include "support/test_support.h"
+
+#ifndef _WIN32
+#include <cerrno>
+#include <sys/resource.h>
+#include <unistd.h>
+#endif
+
+using iocp::TestClient;
+using std::chrono::milliseconds;
+using testsupport::make_payload;
+using testsupport::same_bytes;
+
+namespace {
+
+constexpr int kConcurrent = 200;  // the issue asks for at least 200 clients at once
+
+#ifndef _WIN32
+// gtest's skip macro returns from the function it is in, so it lives in a void one.
+void skip_because(const std::string& why) { GTEST_SKIP() << why; }
+
+// A kernel can refuse io_uring (built without it, or kernel.io_uring_disabled=2, or a
+// seccomp filter in a container). Then the Linux tests skip and say why; they never
+// pass without having run.
+std::optional<std::string> io_uring_refused() {
+    static const std::optional<std::string> why = []() -> std::optional<std::string> {
+        io_uring ring{};
+        if (const int rc = io_uring_queue_init(2, &ring, 0); rc < 0)
+            return "this kernel refuses io_uring: io_uring_queue_init failed: " + std::string(std::strerror(-rc));
+        io_uring_queue_exit(&ring);
+        return std::nullopt;
+    }();
+    return why;
+}
+#endif
+
+contract::Target chapter_target() {
+#ifdef _WIN32
+    return contract::make_target<ch07::EchoServer>("iocp", {kConcurrent});
+#else
+    contract::Target t = contract::make_target<ch07::EchoServer>("io_uring", {kConcurrent});
+    t.start = [start = t.start]() -> std::unique_ptr<contract::ServerUnderTest> {
+        if (const auto why = io_uring_refused()) {
+            skip_because(*why);  // SetUp ends with a skip recorded: the test body is not run
+            return nullptr;
+        }
+        return start();
+    };
+    return t;
+#endif
+}
+
+}  // namespace
+
+INSTANTIATE_TEST_SUITE_P(ch07, EchoContract, ::testing::Values(chapter_target()), contract::target_name);
+
+// =======================================================================================
+// Part 1: the queue alone.
+// =======================================================================================
+#ifdef _WIN32
+
+namespace {
+
+// Wine 8 differs from Windows in three of the facts below; those tests check what both
+// do, and what Windows does only on Windows. Wine's ntdll exports wine_get_version.
+bool running_under_wine() {
+    const HMODULE ntdll = GetModuleHandleA("ntdll.dll");
+    return ntdll != nullptr && GetProcAddress(ntdll, "wine_get_version") != nullptr;
+}
+
+iocp::UniqueHandle make_port(DWORD concurrency) {
+    iocp::UniqueHandle port(CreateIoCompletionPort(INVALID_HANDLE_VALUE, nullptr, 0, concurrency));
+    if (!port) iocp::throw_last_error("CreateIoCompletionPort");
+    return port;
+}
+
+// What one GetQueuedCompletionStatus call returned. bytes and key start as sentinels, so
+// a test can see whether the call wrote them.
+struct Dequeued {
+    BOOL ok = FALSE;
+    DWORD error = 0;  // GetLastError() when ok is FALSE
+    DWORD bytes = 0xDEADBEEF;
+    ULONG_PTR key = 0xC0FFEE;
+    OVERLAPPED* overlapped = reinterpret_cast<OVERLAPPED*>(static_cast<ULONG_PTR>(1));
+};
+
+Dequeued dequeue(HANDLE port, DWORD timeout_ms) {
+    Dequeued d;
+    d.ok = GetQueuedCompletionStatus(port, &d.bytes, &d.key, &d.overlapped, timeout_ms);
+    d.error = d.ok ? ERROR_SUCCESS : GetLastError();
+    return d;
+}
+
+void post(HANDLE port, DWORD bytes, ULONG_PTR key, OVERLAPPED* overlapped) {
+    if (!PostQueuedCompletionStatus(port, bytes, key, overlapped)) iocp::throw_last_error("PostQueuedCompletionStatus");
+}
+
+}  // namespace
+
+//! [fifo]
+// "An I/O completion packet is queued in first-in-first-out (FIFO) order" (Microsoft,
+// I/O Completion Ports). One thread posting and one taking: they come out in order.
+TEST(Ch07Port, PacketsComeOutInTheOrderPosted) {
+    const auto port = make_port(1);
+    std::vector<OVERLAPPED> ops(1000);
+    for (DWORD i = 0; i < ops.size(); ++i) post(port.get(), i * 3, 1000 + i, &ops[i]);
+    for (DWORD i = 0; i < ops.size(); ++i) {
+        const Dequeued d = dequeue(port.get(), 0);
+        ASSERT_TRUE(d.ok) << "packet " << i << ": error " << d.error;
+        ASSERT_EQ(1000 + i, d.key) << "packet " << i << " out of order";
+        ASSERT_EQ(i * 3, d.bytes);
+        ASSERT_EQ(&ops[i], d.overlapped);
+    }
+    EXPECT_EQ(static_cast<DWORD>(WAIT_TIMEOUT), dequeue(port.get(), 0).error) << "more packets than were posted";
+}
+//! [fifo]
+
+//! [timeout]
+// A wait that ends with nothing to dequeue returns FALSE with *lpOverlapped NULL, and
+// GetLastError() is WAIT_TIMEOUT; the byte count and the key are left as they were
+// (GetQueuedCompletionStatus, Return value). This is how a worker tells "nothing came"
+// from "an operation failed" (FALSE with an OVERLAPPED).
+TEST(Ch07Port, AnEmptyPortTimesOutWithNoOverlapped) {
+    const auto port = make_port(1);
+    for (const DWORD timeout_ms : {0u, 50u}) {
+        const Dequeued d = dequeue(port.get(), timeout_ms);
+        EXPECT_FALSE(d.ok);
+        EXPECT_EQ(nullptr, d.overlapped);
+        EXPECT_EQ(static_cast<DWORD>(WAIT_TIMEOUT), d.error);
+        EXPECT_EQ(0xDEADBEEFu, d.bytes) << "a timeout wrote the byte count";
+        EXPECT_EQ(0xC0FFEEu, d.key) << "a timeout wrote the key";
+    }
+}
+//! [timeout]
+
+//! [as-posted]
+// The three values given to PostQueuedCompletionStatus come out untouched: the kernel
+// never looks at them. The key is a ULONG_PTR, a full pointer on 64-bit Windows; a
+// key cast to DWORD, as in the original article, keeps only the low half
+// (0xFFFFFFFF00001234 would arrive as 0x1234: a pointer to nowhere).
+// A packet posted with no OVERLAPPED comes out TRUE with a NULL OVERLAPPED, which is
+// how a worker recognises a message from its own program, such as an exit packet.
+TEST(Ch07Port, KeyBytesAndOverlappedArriveExactlyAsPosted) {
+    const auto port = make_port(1);
+    OVERLAPPED op{};
+    const ULONG_PTR wide_key = static_cast<ULONG_PTR>(0xFFFFFFFF00001234ull);
+    post(port.get(), 0xFFFFFFFF, wide_key, &op);
+    post(port.get(), 7, reinterpret_cast<ULONG_PTR>(&op), nullptr);
+
+    const Dequeued first = dequeue(port.get(), 0);
+    EXPECT_TRUE(first.ok);
+    EXPECT_EQ(0xFFFFFFFFu, first.bytes);
+    EXPECT_EQ(wide_key, first.key);
+    EXPECT_EQ(&op, first.overlapped);
+
+    const Dequeued second = dequeue(port.get(), 0);
+    EXPECT_TRUE(second.ok) << "a posted packet without an OVERLAPPED is not a failure";
+    EXPECT_EQ(nullptr, second.overlapped);
+    EXPECT_EQ(7u, second.bytes);
+    EXPECT_EQ(reinterpret_cast<ULONG_PTR>(&op), second.key);
+}
+//! [as-posted]
+
+//! [two-channels]
+// The two ways a packet carries context. The completion key is given once, when a
+// handle is associated with the port, and comes back with every packet for that
+// handle: per handle. The OVERLAPPED is given with each operation and comes back with
+// that operation's packet: per I/O. Two sends on one socket: same key, two contexts.
+TEST(Ch07Port, KeyNamesTheHandleOverlappedNamesTheOperation) {
+    struct HandleState {
+        int id;
+    } handle_state{7};
+    struct SendContext {
+        OVERLAPPED overlapped;  // first, so CONTAINING_RECORD is a no-op here; it works anywhere
+        const char* text;
+    };
+    const auto port = make_port(1);
+    const auto listener = iocp::listen_tcp({"127.0.0.1", 0});
+    auto client = TestClient::connect({"127.0.0.1", iocp::local_port(listener.get())});
+    iocp::UniqueSocket server_side(::accept(listener.get(), nullptr, nullptr));
+    ASSERT_TRUE(server_side.valid());
+    ASSERT_NE(nullptr, CreateIoCompletionPort(reinterpret_cast<HANDLE>(server_side.get()), port.get(),
+                                              reinterpret_cast<ULONG_PTR>(&handle_state), 0));
+
+    SendContext a{OVERLAPPED{}, "hello"}, b{OVERLAPPED{}, ", world"};
+    for (SendContext* ctx : {&a, &b}) {
+        WSABUF buf{static_cast<ULONG>(std::strlen(ctx->text)), const_cast<char*>(ctx->text)};
+        const int rc = WSASend(server_side.get(), &buf, 1, nullptr, 0, &ctx->overlapped, nullptr);
+        ASSERT_TRUE(rc == 0 || WSAGetLastError() == WSA_IO_PENDING) << "WSASend: " << WSAGetLastError();
+    }
+    std::set<SendContext*> seen;
+    for (int i = 0; i < 2; ++i) {
+        const Dequeued d = dequeue(port.get(), 10000);
+        ASSERT_TRUE(d.ok) << "error " << d.error;
+        EXPECT_EQ(reinterpret_cast<ULONG_PTR>(&handle_state), d.key) << "the key is the handle's";
+        SendContext* ctx = CONTAINING_RECORD(d.overlapped, SendContext, overlapped);
+        EXPECT_TRUE(ctx == &a || ctx == &b) << "an OVERLAPPED we never gave";
+        EXPECT_EQ(std::strlen(ctx->text), d.bytes) << ctx->text;
+        seen.insert(ctx);
+    }
+    EXPECT_EQ(2u, seen.size()) << "each operation's packet names its own context";
+    EXPECT_EQ("hello, world", client.recv_exact(12));
+}
+//! [two-channels]
+
+// Any thread may post, and a thread blocked in GetQueuedCompletionStatus wakes for it.
+// This is the exit packet's mechanism.
+TEST(Ch07Port, APacketPostedFromAnotherThreadWakesAWaiter) {
+    const auto port = make_port(1);
+    Dequeued got;
+    testsupport::finishes_within(milliseconds(30000), "a waiter woken by a posted packet", [&] {
+        std::thread waiter([&] { got = dequeue(port.get(), 20000); });
+        std::this_thread::sleep_for(milliseconds(100));  // most likely waiting by now; either way works
+        post(port.get(), 42, 4242, nullptr);
+        waiter.join();
+    });
+    EXPECT_TRUE(got.ok) << "error " << got.error;
+    EXPECT_EQ(42u, got.bytes);
+    EXPECT_EQ(4242u, got.key);
+}
+
+//! [close-port]
+// Closing the port while a thread waits on it. Windows: the wait ends at once, FALSE,
+// NULL OVERLAPPED, ERROR_ABANDONED_WAIT_0 (GetQueuedCompletionStatus, Remarks).
+// Wine 8 differs: the wait is not woken, and runs to its own timeout (WAIT_TIMEOUT).
+// So a program must never rely on closing the port to wake its workers: ours post
+// exit packets, which work on both. (Closing a handle another thread is using is a
+// race in any case: the value can be reused by the next handle created.)
+TEST(Ch07Port, ClosingThePortEndsAWait) {
+    const bool wine = running_under_wine();
+    for (int attempt = 0;; ++attempt) {
+        auto port = make_port(1);
+        const HANDLE raw = port.get();
+        std::atomic<bool> about_to_wait{false};
+        Dequeued got;
+        testsupport::finishes_within(milliseconds(30000), "a wait on a port being closed", [&] {
+            std::thread waiter([&] {
+                about_to_wait = true;
+                got = dequeue(raw, 3000);  // bounded: under Wine only the timeout ends it
+            });
+            while (!about_to_wait) std::this_thread::yield();
+            std::this_thread::sleep_for(milliseconds(200));  // let it enter the wait
+            port.reset();  // CloseHandle
+            waiter.join();
+        });
+        // ERROR_INVALID_HANDLE means the close came before the call: try again.
+        if (!got.ok && got.error == ERROR_INVALID_HANDLE && attempt < 5) continue;
+        EXPECT_FALSE(got.ok);
+        EXPECT_EQ(nullptr, got.overlapped);
+        if (wine) {
+            EXPECT_EQ(static_cast<DWORD>(WAIT_TIMEOUT), got.error) << "Wine 8 does not wake the waiter";
+        } else {
+            EXPECT_EQ(static_cast<DWORD>(ERROR_ABANDONED_WAIT_0), got.error);
+        }
+        break;
+    }
+}
+//! [close-port]
+
+//! [lifo]
+// "Threads that block their execution on an I/O completion port are released in
+// last-in-first-out (LIFO) order" (I/O Completion Ports): the thread that waited last,
+// whose stack and cache are warmest, gets the next packet. Wine 8 releases them in
+// FIFO order instead. Checked on both: every waiter gets exactly one packet. Checked
+// on Windows only: the order.
+TEST(Ch07Port, WaitingThreadsAreReleasedLastInFirstOut) {
+    constexpr int kWaiters = 3;
+    const auto port = make_port(8);  // room for all three to run
+    std::mutex m;
+    std::vector<int> release_order;
+    std::vector<std::thread> waiters;
+    testsupport::finishes_within(milliseconds(30000), "waiters released one by one", [&] {
+        for (int i = 0; i < kWaiters; ++i) {
+            waiters.emplace_back([&, i] {
+                const Dequeued d = dequeue(port.get(), 20000);
+                std::lock_guard<std::mutex> lock(m);
+                release_order.push_back(d.ok ? i : -1);
+            });
+            std::this_thread::sleep_for(milliseconds(300));  // thread i waits before thread i+1
+        }
+        for (int i = 0; i < kWaiters; ++i) {
+            post(port.get(), 0, 1, nullptr);
+            EXPECT_TRUE(testsupport::eventually([&] {
+                std::lock_guard<std::mutex> lock(m);
+                return release_order.size() == static_cast<std::size_t>(i + 1);
+            })) << "packet " << i << " released no waiter";
+        }
+        for (auto& t : waiters) t.join();
+    });
+    std::vector<int> sorted = release_order;
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_EQ((std::vector<int>{0, 1, 2}), sorted) << "each waiter gets exactly one packet";
+    std::string order;
+    for (const int i : release_order) order += std::to_string(i) + " ";
+    if (running_under_wine()) {
+        std::cout << "[ wine     ] waiters released in the order " << order << "(Windows: 2 1 0)\n";
+    } else {
+        EXPECT_EQ((std::vector<int>{2, 1, 0}), release_order) << "order: " << order;
+    }
+}
+//! [lifo]
+
+//! [concurrency]
+// NumberOfConcurrentThreads: how many threads associated with the port may run at
+// once. With 1, while thread A runs on the packet it took, a second packet is not given
+// to a waiting thread B: B's wait times out, and A takes the packet when it comes back.
+// (A thread that blocks elsewhere, in Sleep or a blocking recv, stops counting as
+// running, and the port lets another one in.) Wine 8 ignores the value and hands the
+// packet to B at once. Checked on both: the packet is delivered exactly once.
+TEST(Ch07Port, ConcurrencyValueHoldsBackASecondWaiterWhileTheFirstRuns) {
+    const auto port = make_port(1);
+    std::atomic<bool> a_took_first{false}, a_may_finish{false};
+    Dequeued a_second, b_got;
+    testsupport::finishes_within(milliseconds(30000), "the concurrency test", [&] {
+        post(port.get(), 1, 1, nullptr);
+        std::thread a([&] {
+            if (!dequeue(port.get(), 20000).ok) return;
+            a_took_first = true;
+            // Stay running (no blocking call) until B has had its chance.
+            const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+            while (!a_may_finish && std::chrono::steady_clock::now() < give_up) {
+            }
+            a_second = dequeue(port.get(), 0);
+        });
+        while (!a_took_first) std::this_thread::yield();
+        std::thread b([&] { b_got = dequeue(port.get(), 500); });
+        std::this_thread::sleep_for(milliseconds(100));  // B waiting, most likely
+        post(port.get(), 2, 2, nullptr);
+        b.join();
+        a_may_finish = true;
+        a.join();
+    });
+    EXPECT_EQ(1, (b_got.ok ? 1 : 0) + (a_second.ok ? 1 : 0)) << "the second packet went to exactly one thread";
+    if (running_under_wine()) {
+        std::cout << "[ wine     ] the second packet went to " << (b_got.ok ? "B (concurrency ignored)" : "A")
+                  << " (Windows: A)\n";
+    } else {
+        EXPECT_FALSE(b_got.ok) << "B was released although A was running and the concurrency is 1";
+        EXPECT_EQ(static_cast<DWORD>(WAIT_TIMEOUT), b_got.error);
+        EXPECT_TRUE(a_second.ok);
+        EXPECT_EQ(2u, a_second.key);
+    }
+}
+//! [concurrency]
+
+#else  // Linux: the same lessons on an io_uring
+
+namespace {
+
+// A ring for one test; skips the test (with the reason) when the kernel refuses.
+class Ring {
+public:
+    explicit Ring(unsigned entries = 256) {
+        if (const int rc = io_uring_queue_init(entries, &ring_, 0); rc < 0)
+            throw iocp::SystemError("io_uring_queue_init", -rc);
+    }
+    ~Ring() { io_uring_queue_exit(&ring_); }
+    Ring(const Ring&) = delete;
+    Ring& operator=(const Ring&) = delete;
+    io_uring* get() { return &ring_; }
+    io_uring_sqe* sqe() {
+        io_uring_sqe* s = io_uring_get_sqe(&ring_);
+        if (s == nullptr) throw std::runtime_error("submission queue full");
+        return s;
+    }
+
+private:
+    io_uring ring_{};
+};
+
+#define CH07_REQUIRE_IO_URING()                                 \
+    do {                                                        \
+        if (const auto why = io_uring_refused()) GTEST_SKIP() << *why; \
+    } while (0)
+
+struct Reaped {
+    int rc;  // 0, or -ETIME when the wait timed out
+    std::uint64_t user_data = 0xC0FFEE;
+    int res = -1;
+};
+
+Reaped reap(io_uring* ring, long long timeout_ms) {
+    __kernel_timespec ts{};
+    ts.tv_sec = timeout_ms / 1000;
+    ts.tv_nsec = (timeout_ms % 1000) * 1000000;
+    io_uring_cqe* cqe = nullptr;
+    Reaped r{io_uring_wait_cqe_timeout(ring, &cqe, &ts)};
+    if (r.rc == 0) {
+        r.user_data = io_uring_cqe_get_data64(cqe);
+        r.res = cqe->res;
+        io_uring_cqe_seen(ring, cqe);
+    }
+    return r;
+}
+
+}  // namespace
+
+//! [fifo-uring]
+// The counterpart of PostQueuedCompletionStatus when the poster is the ring's own
+// thread: a NOP, whose user_data comes back in its completion. NOPs complete at once,
+// in the order submitted, so their completions come out in that order. (Real I/O
+// completes in the order it finishes, on both systems: a fast receive on one socket
+// overtakes a slow one on another.)
+TEST(Ch07Ring, NopCompletionsComeOutInTheOrderSubmitted) {
+    CH07_REQUIRE_IO_URING();
+    Ring ring;
+    constexpr std::uint64_t kCount = 200;
+    for (std::uint64_t i = 0; i < kCount; ++i) {
+        io_uring_sqe* s = ring.sqe();
+        io_uring_prep_nop(s);
+        io_uring_sqe_set_data64(s, 1000 + i);
+    }
+    ASSERT_EQ(static_cast<int>(kCount), io_uring_submit(ring.get()));
+    for (std::uint64_t i = 0; i < kCount; ++i) {
+        const Reaped r = reap(ring.get(), 0);
+        ASSERT_EQ(0, r.rc) << "completion " << i << ": " << std::strerror(-r.rc);
+        ASSERT_EQ(1000 + i, r.user_data) << "completion " << i << " out of order";
+        ASSERT_EQ(0, r.res);
+    }
+    EXPECT_EQ(-ETIME, reap(ring.get(), 0).rc) << "more completions than submissions";
+}
+//! [fifo-uring]
+
+//! [timeout-uring]
+// GetQueuedCompletionStatus with a timeout is io_uring_wait_cqe_timeout: -ETIME and no
+// completion when nothing arrived in time.
+TEST(Ch07Ring, AnEmptyRingTimesOut) {
+    CH07_REQUIRE_IO_URING();
+    Ring ring;
+    for (const long long timeout_ms : {0LL, 50LL}) {
+        const Reaped r = reap(ring.get(), timeout_ms);
+        EXPECT_EQ(-ETIME, r.rc) << std::strerror(-r.rc);
+        EXPECT_EQ(0xC0FFEEu, r.user_data) << "a timeout produced a completion";
+    }
+}
+//! [timeout-uring]
+
+// user_data is 64 bits, given back untouched. It is the only context a completion
+// carries (besides res, the result the kernel chose); a pointer to a struct carries
+// the rest, as the OVERLAPPED pointer does on Windows.
+TEST(Ch07Ring, UserDataArrivesExactlyAsSubmitted) {
+    CH07_REQUIRE_IO_URING();
+    Ring ring;
+    int object = 0;
+    const std::uint64_t values[] = {0xFFFFFFFF00001234ull, reinterpret_cast<std::uintptr_t>(&object), 0};
+    for (const std::uint64_t v : values) {
+        io_uring_sqe* s = ring.sqe();
+        io_uring_prep_nop(s);
+        io_uring_sqe_set_data64(s, v);
+    }
+    io_uring_submit(ring.get());
+    for (const std::uint64_t v : values) {
+        const Reaped r = reap(ring.get(), 1000);
+        ASSERT_EQ(0, r.rc);
+        EXPECT_EQ(v, r.user_data);
+        EXPECT_EQ(0, r.res) << "a NOP's result is always 0: it cannot carry a byte count";
+    }
+}
+
+//! [two-channels-uring]
+// io_uring has one context channel: user_data, per operation. Two sends on one socket
+// come back as two completions, each with its own context; nothing is kept per
+// descriptor, so the context must say which connection it belongs to.
+TEST(Ch07Ring, UserDataNamesTheOperationThereIsNoPerHandleKey) {
+    CH07_REQUIRE_IO_URING();
+    struct SendContext {
+        int connection_id;
+        const char* text;
+    };
+    Ring ring;
+    const auto listener = iocp::listen_tcp({"127.0.0.1", 0});
+    auto client = TestClient::connect({"127.0.0.1", iocp::local_port(listener.get())});
+    iocp::UniqueSocket server_side(::accept(listener.get(), nullptr, nullptr));
+    ASSERT_TRUE(server_side.valid());
+    SendContext a{7, "hello"}, b{7, ", world"};
+    for (SendContext* ctx : {&a, &b}) {
+        io_uring_sqe* s = ring.sqe();
+        io_uring_prep_send(s, server_side.get(), ctx->text, std::strlen(ctx->text), MSG_NOSIGNAL);
+        io_uring_sqe_set_data(s, ctx);
+        s->flags |= IOSQE_IO_LINK;  // the second starts after the first: bytes stay in order
+    }
+    ASSERT_EQ(2, io_uring_submit(ring.get()));
+    std::set<SendContext*> seen;
+    for (int i = 0; i < 2; ++i) {
+        const Reaped r = reap(ring.get(), 10000);
+        ASSERT_EQ(0, r.rc);
+        auto* ctx = reinterpret_cast<SendContext*>(static_cast<std::uintptr_t>(r.user_data));
+        ASSERT_TRUE(ctx == &a || ctx == &b) << "a user_data we never gave";
+        EXPECT_EQ(static_cast<int>(std::strlen(ctx->text)), r.res) << ctx->text;
+        EXPECT_EQ(7, ctx->connection_id);
+        seen.insert(ctx);
+    }
+    EXPECT_EQ(2u, seen.size());
+    EXPECT_EQ("hello, world", client.recv_exact(12));
+}
+//! [two-channels-uring]
+
+//! [msg-ring]
+// PostQueuedCompletionStatus from another thread. An io_uring's submission queue has
+// one producer, so another thread does not submit to it; it sends from its own ring
+// with IORING_OP_MSG_RING (Linux 5.18), which puts a completion straight into the
+// target's queue: user_data and res as given, like the key and the byte count of a
+// posted packet. The waiter wakes for it.
+TEST(Ch07Ring, AMessageFromAnotherRingWakesAWaiter) {
+    CH07_REQUIRE_IO_URING();
+    Ring target, sender(8);
+    Reaped got{-1};
+    int sent_result = 1;
+    testsupport::finishes_within(milliseconds(30000), "a waiter woken by MSG_RING", [&] {
+        std::thread waiter([&] { got = reap(target.get(), 20000); });
+        std::this_thread::sleep_for(milliseconds(100));  // most likely waiting by now; either way works
+        io_uring_sqe* s = sender.sqe();
+        io_uring_prep_msg_ring(s, target.get()->ring_fd, 4242, 0xFFFFFFFF00001234ull, 0);
+        io_uring_sqe_set_data64(s, 1);
+        io_uring_submit(sender.get());
+        const Reaped own = reap(sender.get(), 20000);
+        sent_result = own.rc == 0 ? own.res : own.rc;
+        if (sent_result < 0) {  // the message never went: end the waiter with a NOP of its own
+            io_uring_sqe* n = target.sqe();
+            io_uring_prep_nop(n);
+            io_uring_submit(target.get());
+        }
+        waiter.join();
+    });
+    if (sent_result == -EINVAL || sent_result == -EOPNOTSUPP)
+        GTEST_SKIP() << "this kernel has no IORING_OP_MSG_RING (Linux 5.18+): " << std::strerror(-sent_result);
+    ASSERT_EQ(0, sent_result) << std::strerror(-sent_result);
+    ASSERT_EQ(0, got.rc) << std::strerror(-got.rc);
+    EXPECT_EQ(0xFFFFFFFF00001234ull, got.user_data);
+    EXPECT_EQ(4242, got.res);
+}
+//! [msg-ring]
+
+#endif  // _WIN32
+
+// =======================================================================================
+// Part 2: the echo server.
+// =======================================================================================
+namespace {
+
+// Starts a server for one test (or skips it, on a kernel that refuses io_uring).
+std::unique_ptr<ch07::EchoServer> start_server(ch07::Limits limits = {}) {
+#ifndef _WIN32
+    if (const auto why = io_uring_refused()) {
+        skip_because(*why);
+        return nullptr;
+    }
+#endif
+    auto server = std::make_unique<ch07::EchoServer>(iocp::Endpoint{"127.0.0.1", 0}, limits);
+    server->start();
+    return server;
+}
+
+#define CH07_START_SERVER(var, ...)            \
+    auto var = start_server(__VA_ARGS__);      \
+    if (IsSkipped()) return;                   \
+    ASSERT_NE(nullptr, var)
+
+}  // namespace
+
+//! [no-cross-talk]
+// The original article's server receives every connection's bytes into one global
+// buffer and echoes from it. Two clients talking at once overwrite each other there:
+// a client gets the other's bytes, or a mix, and strlen() cuts any binary message at
+// its first NUL. Here 200 clients send distinct binary payloads (NULs and 0xFF in
+// each, larger than the server's 16 KiB buffer so that each message takes several
+// receive/send rounds, interleaved with everyone else's), three rounds each, and every
+// client must get back exactly its own bytes.
+TEST(Ch07EchoServer, ConcurrentClientsWithDistinctBinaryPayloadsNeverSeeEachOthersBytes) {
+    CH07_START_SERVER(server);
+    const iocp::Endpoint at{"127.0.0.1", server->port()};
+    std::vector<TestClient> clients;
+    for (int i = 0; i < kConcurrent; ++i) clients.push_back(TestClient::connect(at));
+    for (std::uint32_t round = 0; round < 3; ++round) {
+        std::vector<std::string> payloads;
+        for (std::uint32_t i = 0; i < clients.size(); ++i) {
+            // Sizes from 17 KiB to 47 KiB; the first bytes name the client and the round.
+            std::string p = make_payload(17 * 1024 + (i * 151 + round * 977) % (30 * 1024), 100000 * round + i);
+            const std::string label = "c" + std::to_string(1000 + i) + "r" + std::to_string(round) + std::string("\0\xff", 2);
+            p.replace(0, label.size(), label);
+            payloads.push_back(std::move(p));
+        }
+        for (std::size_t i = 0; i < clients.size(); ++i) clients[i].send(payloads[i]);
+        for (std::size_t i = 0; i < clients.size(); ++i)
+            ASSERT_TRUE(same_bytes(payloads[i], clients[i].recv_exact(payloads[i].size())))
+                << "client " << i << ", round " << round;
+    }
+    EXPECT_EQ(static_cast<std::size_t>(kConcurrent), server->live_connections());
+}
+//! [no-cross-talk]
+
+//! [one-receive-each]
+// The completion model's cost and its promise, in one number: every idle connection
+// has exactly one receive posted, its buffer lent to the kernel until bytes arrive.
+// When the clients leave, each receive completes (0 bytes: FIN) and nothing is left.
+TEST(Ch07EchoServer, EveryIdleConnectionHoldsExactlyOneReceive) {
+    CH07_START_SERVER(server);
+    const iocp::Endpoint at{"127.0.0.1", server->port()};
+    std::vector<TestClient> clients;
+    for (int i = 0; i < 50; ++i) {
+        clients.push_back(TestClient::connect(at));
+        ASSERT_EQ("ping", clients.back().echo("ping"));
+    }
+    EXPECT_TRUE(testsupport::eventually([&] {
+        return server->operations_in_flight() == 50 && server->live_connections() == 50;
+    })) << "in flight: " << server->operations_in_flight() << ", live: " << server->live_connections();
+    clients.clear();
+    EXPECT_TRUE(testsupport::eventually([&] {
+        return server->operations_in_flight() == 0 && server->live_connections() == 0;
+    })) << "in flight: " << server->operations_in_flight() << ", live: " << server->live_connections();
+    EXPECT_EQ(50u, server->connections_served());
+}
+//! [one-receive-each]
+
+//! [short-sends]
+// A client that sends and does not read fills every buffer between it and the server;
+// the server's echo then goes out in pieces. With a 1 MiB buffer per connection, a send
+// of up to 1 MiB meets a socket with room for only part of it, and the rest must be
+// posted again. On Linux that is a short send, and sends_reposted() counts it; a
+// Windows overlapped send of this size normally completes whole, so there the test
+// checks the bytes only. Every byte must come back, in order.
+TEST(Ch07EchoServer, ShortSendsAreRepostedUntilEveryByteIsOut) {
+    ch07::Limits limits;
+    limits.buffer_size = 1u << 20;
+    CH07_START_SERVER(server, limits);
+    auto client = TestClient::connect({"127.0.0.1", server->port()});
+    const std::string payload = make_payload(32u << 20, 77);
+    std::size_t sent = 0;
+    for (int idle_rounds = 0; idle_rounds < 3 && sent < payload.size();) {
+        const std::size_t n = client.send_some(std::string_view(payload).substr(sent));
+        sent += n;
+        if (n == 0) {
+            ++idle_rounds;
+            std::this_thread::sleep_for(milliseconds(100));
+        } else {
+            idle_rounds = 0;
+        }
+    }
+    ASSERT_GT(sent, 0u);
+    EXPECT_TRUE(same_bytes(payload.substr(0, sent), client.recv_exact(sent, milliseconds(60000))));
+    std::cout << "[ info     ] " << sent << " bytes pushed before the client read; sends re-posted: "
+              << server->sends_reposted() << "\n";
+#ifndef _WIN32
+    EXPECT_GT(server->sends_reposted(), 0u) << "the echo never met a full socket";
+#endif
+}
+//! [short-sends]
+
+//! [stop-under-load]
+// stop() in the middle of traffic: 200 clients echoing from four threads, plus 20 that
+// sent a megabyte and never read (their echoes are stuck in pending sends). stop()
+// must end within a bound, with no operation in flight and no connection alive: every
+// context was freed after its operation came home, never before.
+TEST(Ch07EchoServer, StopUnderLoadLeavesNoOperationInFlight) {
+    CH07_START_SERVER(server);
+    const iocp::Endpoint at{"127.0.0.1", server->port()};
+    constexpr int kThreads = 4, kPerThread = kConcurrent / kThreads, kHogs = 20;
+
+    std::vector<TestClient> hogs;
+    const std::string megabyte = make_payload(1u << 20, 5);
+    for (int i = 0; i < kHogs; ++i) {
+        hogs.push_back(TestClient::connect(at));
+        ASSERT_EQ("hi", hogs.back().echo("hi"));
+        hogs.back().send_some(megabyte);
+    }
+
+    std::atomic<int> connected{0};
+    std::atomic<std::uint64_t> echoes{0};
+    std::atomic<bool> done{false};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&, t] {
+            std::vector<TestClient> mine;
+            try {
+                for (int i = 0; i < kPerThread; ++i) {
+                    mine.push_back(TestClient::connect(at));
+                    if (mine.back().echo("x") != "x") ADD_FAILURE() << "wrong echo, thread " << t;
+                    ++connected;
+                }
+                for (std::uint32_t n = 0; !done; ++n) {
+                    auto& c = mine[n % mine.size()];
+                    const std::string m = make_payload(1 + n % 4000, static_cast<std::uint32_t>(t) * 1000000 + n);
+                    if (c.echo(m, milliseconds(5000)) != m) ADD_FAILURE() << "wrong echo, thread " << t;
+                    ++echoes;
+                }
+            } catch (const std::exception&) {
+                // the server closed this connection under us: expected once stop() began
+            }
+        });
+    }
+    const bool loaded = testsupport::eventually([&] { return connected == kConcurrent && echoes >= 2000; },
+                                                std::chrono::seconds(60));
+    testsupport::finishes_within(milliseconds(15000), "stop() under load", [&] { server->stop(); });
+    done = true;
+    for (auto& t : threads) t.join();
+    ASSERT_TRUE(loaded) << "the load never got going: " << connected << " connected, " << echoes << " echoes";
+    EXPECT_EQ(0u, server->operations_in_flight());
+    EXPECT_EQ(0u, server->live_connections());
+    EXPECT_EQ(static_cast<std::uint64_t>(kConcurrent + kHogs), server->connections_served());
+}
+//! [stop-under-load]
+
+// Beyond max_clients a client gets an orderly close, and those already in keep going.
+TEST(Ch07EchoServer, ClientBeyondMaxClientsIsClosedOthersKeepBeingServed) {
+    ch07::Limits limits;
+    limits.max_clients = 2;
+    CH07_START_SERVER(server, limits);
+    const iocp::Endpoint at{"127.0.0.1", server->port()};
+    auto a = TestClient::connect(at);
+    auto b = TestClient::connect(at);
+    ASSERT_EQ("a", a.echo("a"));
+    ASSERT_EQ("b", b.echo("b"));
+    auto c = TestClient::connect(at);
+    EXPECT_EQ(TestClient::Closed::kEof, c.wait_closed());
+    EXPECT_EQ(1u, server->clients_refused());
+    EXPECT_EQ("a2", a.echo("a2"));
+    b.close();
+    EXPECT_TRUE(testsupport::eventually([&] { return server->live_connections() == 1; }));
+    auto d = TestClient::connect(at);
+    EXPECT_EQ("d", d.echo("d"));
+}
+
+#ifndef _WIN32
+//! [emfile]
+// When the process runs out of descriptors, the accept completes with -EMFILE and the
+// client stays queued. The server must not retry at once (it would fail at once,
+// forever, at full CPU) and must not give up accepting: it pauses 100 ms with a
+// timeout request and tries again. A client that arrives during the shortage is served
+// once descriptors are back.
+TEST(Ch07EchoServer, AcceptPausesWhenDescriptorsRunOutThenServesTheWaitingClient) {
+    CH07_START_SERVER(server);
+    const iocp::Endpoint at{"127.0.0.1", server->port()};
+    auto early = TestClient::connect(at);
+    ASSERT_EQ("early", early.echo("early"));
+
+    // UBSan checks the dynamic type of std::cerr the first time a member is called on it
+    // (the server's log line does), and that check opens a pipe: during the shortage it
+    // would fail and report a false error. One call now puts the answer in its cache.
+    const std::size_t descriptors = *testsupport::open_descriptors();
+    std::cerr << "[ info     ] " << descriptors << " descriptors open before the shortage\n";
+
+    rlimit saved{};
+    ASSERT_EQ(0, getrlimit(RLIMIT_NOFILE, &saved));
+    rlimit low = saved;
+    low.rlim_cur = static_cast<rlim_t>(descriptors + 16);
+    ASSERT_EQ(0, setrlimit(RLIMIT_NOFILE, &low));
+    std::vector<int> filler;
+    for (int fd = ::dup(0); fd >= 0; fd = ::dup(0)) filler.push_back(fd);
+    ::close(filler.back());  // one free descriptor: for the client's socket, none for the server's
+    filler.pop_back();
+    std::optional<TestClient> late;
+    try {
+        late = TestClient::connect(at);
+        late->send("late");
+    } catch (...) {
+        for (int fd : filler) ::close(fd);
+        setrlimit(RLIMIT_NOFILE, &saved);
+        throw;
+    }
+    std::this_thread::sleep_for(milliseconds(300));  // the server meets EMFILE, pauses, retries
+    EXPECT_EQ("still", early.echo("still")) << "the shortage stopped service for a connected client";
+    for (int fd : filler) ::close(fd);
+    ASSERT_EQ(0, setrlimit(RLIMIT_NOFILE, &saved));
+    EXPECT_EQ("late", late->recv_exact(4)) << "the client that waited through the shortage was not served";
+}
+//! [emfile]
+#endif
