@@ -103,6 +103,12 @@ run_chapter "04 epoll" "$bin/chapters/04-readiness/ch04_echo_server" 100 200
 run_chapter "04 epoll, +900 idle" "$bin/chapters/04-readiness/ch04_echo_server" 1 5000 900
 
 echo
+echo "=== chapter 7: completion (io_uring here; the completion port on Windows), one worker"
+run_chapter "07 io_uring" "$bin/chapters/07-completion-port/ch07_echo_server" 1 2000
+run_chapter "07 io_uring" "$bin/chapters/07-completion-port/ch07_echo_server" 100 200
+run_chapter "07 io_uring, +900 idle" "$bin/chapters/07-completion-port/ch07_echo_server" 1 5000 900
+
+echo
 echo "=== side by side (this machine, this run; 64-byte messages, every byte checked)"
 echo "| chapter                | clients | rounds | round trips/s  | server threads (peak) |"
 echo "|------------------------|--------:|-------:|---------------:|---------------------:|"
