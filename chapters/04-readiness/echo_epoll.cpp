@@ -23,6 +23,7 @@ constexpr std::size_t kReadChunk = 16 * 1024;
 constexpr int kMaxRoundsPerTurn = 16;   // echo rounds for one client before the others' turn
 constexpr std::chrono::milliseconds kAcceptBackoff{100};  // after accept() ran out of descriptors or memory
 constexpr int kMaxEvents = 256;         // readiness reports taken per epoll_wait
+constexpr int kMaxAcceptsPerTurn = 64;  // a burst of connections must not starve the clients
 
 using Connection = EchoServer::Connection;
 
@@ -133,7 +134,10 @@ void EchoServer::loop() {
             const auto left = std::chrono::ceil<std::chrono::milliseconds>(resume_accepting - std::chrono::steady_clock::now());
             if (left.count() <= 0) {  // the pause is over: watch the listener again
                 epoll_event ev = event_for(listener_.get(), EPOLLIN);
-                ::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev);
+                if (::epoll_ctl(epoll_.get(), EPOLL_CTL_MOD, listener_.get(), &ev) != 0) {
+                    std::cerr << "ch04: epoll_ctl(MOD, listener) failed: " << iocp::error_text(errno)
+                              << "; no longer accepting\n";
+                }
                 accepting = true;
             } else {
                 timeout = static_cast<int>(left.count());
@@ -174,11 +178,12 @@ void EchoServer::loop() {
 //! [loop]
 
 //! [accept-loop]
-// Takes every client waiting. false: accept() ran out of descriptors or memory, and
-// the listener must sit out for a moment (it stays readable, and level-triggered
-// epoll would report it again at once, forever).
+// Takes the clients waiting, up to 64 per report (level-triggered epoll reports the
+// listener again while more wait, and the connected clients get their turn first).
+// false: accept() ran out of descriptors or memory, and the listener must sit out for
+// a moment (it stays readable, and epoll would report it again at once, for ever).
 bool EchoServer::accept_clients() {
-    for (;;) {
+    for (int taken = 0; taken < kMaxAcceptsPerTurn; ++taken) {
         iocp::UniqueSocket client(::accept4(listener_.get(), nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC));
         if (!client) {
             const int err = errno;
@@ -209,6 +214,7 @@ bool EchoServer::accept_clients() {
         }
         ++live_;
     }
+    return true;
 }
 //! [accept-loop]
 

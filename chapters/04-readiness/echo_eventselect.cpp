@@ -19,6 +19,12 @@ namespace {
 constexpr std::size_t kReadChunk = 16 * 1024;
 constexpr int kMaxRoundsPerTurn = 16;   // echo rounds for one client before the others' turn
 constexpr DWORD kAcceptBackoffMs = 100;  // after accept() ran out of sockets or memory
+// Wine 8 only: the accepting thread also tries accept() after 250 ms without a signal.
+// Wine's server can mark FD_ACCEPT as reported for a stale "listener readable" and
+// clear that mark only on a successful accept(), so a queued client may never set
+// the event (Windows re-enables FD_ACCEPT on any accept() call). The retry costs four
+// idle wake-ups a second on Windows, where it never finds anyone.
+constexpr DWORD kAcceptSafetyNetMs = 250;
 
 using Connection = EchoServer::Connection;
 
@@ -64,16 +70,23 @@ bool flush(Connection& c) {
 
 //! [pump]
 // Echo what is pending, then read more, until one side would block. false: close.
-// When it returns true, a later readiness event is guaranteed: either a send would
-// have blocked (FD_WRITE comes when there is room), or a recv would have (FD_READ
-// comes with the next bytes), or the last recv succeeded, which re-enables FD_READ
-// while unread bytes remain. Without that guarantee a client could wait forever.
+// When it returns true, a later wake-up is guaranteed: either a send would have
+// blocked (FD_WRITE comes when there is room), or a recv would have (FD_READ comes
+// with the next bytes), or we stopped early for fairness and set the event ourselves.
+// Without that guarantee a client could wait for ever.
 bool pump(Connection& c) {
     for (int round = 0;; ++round) {
         if (!flush(c)) return false;
         if (!c.pending.empty()) return true;    // the client reads slowly: stop reading (flow control)
         if (c.peer_done) return false;          // FIN came and everything is echoed: close
-        if (round == kMaxRoundsPerTurn) return true;  // fairness: the other sockets get a turn
+        if (round == kMaxRoundsPerTurn) {       // fairness: the other sockets get a turn
+            // Come back next round. A successful recv() re-enables FD_READ only while
+            // the connection is open: if FD_CLOSE was already reported (once, never
+            // again) and this recv() took exactly the last bytes before the FIN, no
+            // network event would ever set the event again.
+            WSASetEvent(c.event.get());
+            return true;
+        }
         switch (read_some(c)) {
             case Read::kData: break;
             case Read::kWouldBlock: return true;
@@ -85,10 +98,10 @@ bool pump(Connection& c) {
 //! [pump]
 
 // The index of the first signalled event at or after `from`, or events.size().
-// WSAWaitForMultipleEvents reports only the LOWEST signalled index; a server that
-// served only that one would let a busy socket in slot 1 starve the rest.
-// Microsoft's remarks for the function suggest exactly this: wait again, with a zero
-// timeout, on the events after the one reported.
+// WSAWaitForMultipleEvents reports only the LOWEST signalled index (its documented
+// return value); a server that served only that one would let a busy socket in slot 1
+// starve the rest. So after each one we wait again, with a zero timeout, on the
+// events after it.
 //! [next-signalled]
 std::size_t next_signalled(const std::vector<WSAEVENT>& events, std::size_t from) {
     if (from >= events.size()) return events.size();
@@ -112,7 +125,7 @@ public:
     Group(const Group&) = delete;
     Group& operator=(const Group&) = delete;
 
-    bool has_room() const { return load_.load() < kSocketsPerGroup; }
+    bool has_room() const { return !gone_.load() && load_.load() < kSocketsPerGroup; }
     bool adopt(Connection& c);  // from the accepting thread; false (c untouched) if the group is gone
     void stop();
 
@@ -126,6 +139,8 @@ private:
     std::mutex inbox_mutex_;
     std::vector<Connection> inbox_;     // handed over, not yet in connections_
     bool closed_ = false;               // under inbox_mutex_: the thread has left
+    std::atomic<bool> gone_{false};     // closed_, readable without the lock (has_room)
+    std::atomic<bool> leaving_{false};  // set by stop(): this group's own signal to leave
     std::atomic<std::size_t> load_{0};  // connections + inbox: how full, for the acceptor
     std::vector<Connection> connections_;  // the group's thread only
     std::thread thread_;                // last: starts once everything above exists
@@ -150,7 +165,8 @@ bool EchoServer::Group::adopt(Connection& c) {
 
 void EchoServer::Group::stop() {
     if (!thread_.joinable()) return;
-    WSASetEvent(wake_.get());  // the thread sees server_.stopping_ and leaves
+    leaving_ = true;
+    WSASetEvent(wake_.get());  // the thread sees leaving_ and leaves
     thread_.join();
 }
 
@@ -158,7 +174,7 @@ void EchoServer::Group::stop() {
 void EchoServer::Group::run() {
     std::vector<WSAEVENT> events;
     std::vector<bool> closing;
-    while (!server_.stopping_) {
+    while (!leaving_) {
         // Slot 0 is the wake-up event; slot i + 1 is connections_[i]'s event.
         events.assign(1, wake_.get());
         for (const Connection& c : connections_) events.push_back(c.event.get());
@@ -170,6 +186,7 @@ void EchoServer::Group::run() {
             break;
         }
         closing.assign(connections_.size(), false);
+        const bool woken = rc == WSA_WAIT_EVENT_0;  // slot 0 is the lowest: reported first
         for (std::size_t i = rc - WSA_WAIT_EVENT_0; i < events.size(); i = next_signalled(events, i + 1)) {
             if (i == 0) continue;  // the wake-up event: handled below, after the sockets
             closing[i - 1] = !on_network_events(connections_[i - 1]);
@@ -182,6 +199,7 @@ void EchoServer::Group::run() {
             --load_;
             server_.close_connection();
         }
+        if (!woken) continue;
         WSAResetEvent(wake_.get());  // manual-reset: reset before looking, so no hand-over is missed
         std::lock_guard<std::mutex> lock(inbox_mutex_);
         for (Connection& c : inbox_) connections_.push_back(std::move(c));
@@ -191,6 +209,7 @@ void EchoServer::Group::run() {
     {
         std::lock_guard<std::mutex> lock(inbox_mutex_);
         closed_ = true;
+        gone_ = true;
         leftovers.swap(inbox_);
     }
     close_all(connections_);
@@ -234,7 +253,10 @@ bool EchoServer::Group::on_network_events(Connection& c) {
 
 EchoServer::EchoServer(iocp::Endpoint where, Limits limits) : where_(std::move(where)), limits_(limits) {}
 
-EchoServer::~EchoServer() { stop(); }
+EchoServer::~EchoServer() {
+    stop();
+    listener_.reset();  // before accept_event_, even when start() failed half-way
+}
 
 //! [start]
 void EchoServer::start() {
@@ -255,7 +277,7 @@ void EchoServer::start() {
 void EchoServer::accept_loop() {
     const WSAEVENT waits[2] = {stop_event_.get(), accept_event_.get()};
     while (!stopping_) {
-        const DWORD rc = WSAWaitForMultipleEvents(2, waits, FALSE, WSA_INFINITE, FALSE);
+        const DWORD rc = WSAWaitForMultipleEvents(2, waits, FALSE, kAcceptSafetyNetMs, FALSE);
         if (rc == WSA_WAIT_FAILED) {
             std::cerr << "ch04: WSAWaitForMultipleEvents failed: " << iocp::error_text(iocp::last_socket_error())
                       << "; no longer accepting\n";
@@ -264,9 +286,10 @@ void EchoServer::accept_loop() {
         if (rc == WSA_WAIT_EVENT_0 || stopping_) return;  // stop()
         // Read and clear the listener's record of network events; this also resets
         // accept_event_ (WSAEnumNetworkEvents, not WSAResetEvent, is the documented
-        // way: the record and the event are reset together).
+        // way: the record and the event are reset together). After a timeout there is
+        // nothing to read: we try one accept() anyway (see kAcceptSafetyNetMs).
         WSANETWORKEVENTS happened{};
-        if (WSAEnumNetworkEvents(listener_.get(), accept_event_.get(), &happened) != 0) {
+        if (rc != WSA_WAIT_TIMEOUT && WSAEnumNetworkEvents(listener_.get(), accept_event_.get(), &happened) != 0) {
             std::cerr << "ch04: WSAEnumNetworkEvents(listener) failed: "
                       << iocp::error_text(iocp::last_socket_error()) << "; no longer accepting\n";
             return;
@@ -296,7 +319,8 @@ bool EchoServer::hand_over(iocp::UniqueSocket client) {
     const auto refuse = [&](const std::string& why) {
         ++refused_;
         std::cerr << "ch04: refusing " << iocp::peer_address(client.get()) << ": " << why << "\n";
-        return false;  // closed on return: EOF for the client (a reset if it had sent bytes already)
+        client.reset();  // now: before c.event (a local) is closed, never after
+        return false;    // EOF for the client (a reset if it had sent bytes already)
     };
     if (live_.load() >= limits_.max_clients)
         return refuse("at the --max-clients cap of " + std::to_string(limits_.max_clients));
