@@ -22,11 +22,13 @@ cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$tmp
 trap cleanup EXIT
 
 # start_server <program> [args...]: starts it on a free port, sets $port and $server_pid.
+# Programs start through ${launcher[@]} when it is set (Wine, for the Windows builds).
+launcher=()
 start_server() {
-    "$@" --port 0 >"$tmp/server.log" 2>&1 &
+    "${launcher[@]}" "$@" --port 0 >"$tmp/server.log" 2>&1 &
     server_pid=$!
     for _ in $(seq 100); do
-        port=$(sed -n 's/^listening on .*:\([0-9][0-9]*\)$/\1/p' "$tmp/server.log")
+        port=$(tr -d '\r' <"$tmp/server.log" | sed -n 's/^listening on .*:\([0-9][0-9]*\)$/\1/p')
         [ -n "$port" ] && return 0
         sleep 0.1
     done
@@ -107,6 +109,26 @@ echo "=== chapter 7: completion (io_uring here; the completion port on Windows),
 run_chapter "07 io_uring" "$bin/chapters/07-completion-port/ch07_echo_server" 1 2000
 run_chapter "07 io_uring" "$bin/chapters/07-completion-port/ch07_echo_server" 100 200
 run_chapter "07 io_uring, +900 idle" "$bin/chapters/07-completion-port/ch07_echo_server" 1 5000 900
+
+# The Windows-only chapters (and the Windows twins of 4 and 7), cross-built with
+# mingw-w64 and run under Wine, driven by the same Linux load generator: Wine's
+# sockets are the host's. These rates measure Wine as much as the model.
+if command -v x86_64-w64-mingw32-g++-posix >/dev/null && [ -x /usr/lib/wine/wine64 ]; then
+    echo
+    echo "=== Windows models under Wine (building preset mingw-wine: the servers only)"
+    cmake --preset mingw-wine >/dev/null
+    cmake --build --preset mingw-wine --target ch04_echo_server ch05_echo_server ch06_echo_server ch07_echo_server \
+        >build/tour-wine-build.log 2>&1 || { tail -n 40 build/tour-wine-build.log; exit 1; }
+    launcher=(bash "$root/cmake/wine-run.sh")
+    win=$root/build/mingw-wine/chapters
+    run_chapter "04 WSAEventSelect, Wine" "$win/04-readiness/ch04_echo_server.exe" 100 50
+    run_chapter "05 overlapped, Wine" "$win/05-overlapped-events/ch05_echo_server.exe" 100 50
+    run_chapter "06 routines, Wine" "$win/06-completion-routines/ch06_echo_server.exe" 100 50
+    run_chapter "07 IOCP, Wine" "$win/07-completion-port/ch07_echo_server.exe" 100 50
+    launcher=()
+else
+    echo "(no mingw-w64 or Wine: the Windows-only chapters 5 and 6 are not run here)"
+fi
 
 echo
 echo "=== side by side (this machine, this run; 64-byte messages, every byte checked)"
