@@ -51,7 +51,7 @@ void EchoServer::start() {
 
 //! [accept]
 // The accept thread, as in the original article: a blocking accept() in a loop. It
-// only admits clients; the worker does all the I/O.
+// only admits clients and hands them to the worker, which does all the I/O.
 void EchoServer::accept_clients() {
     while (!stopping_) {
         iocp::UniqueSocket client(::accept(listener_.get(), nullptr, nullptr));
@@ -61,6 +61,7 @@ void EchoServer::accept_clients() {
             if (iocp::is_disconnect_error(err)) continue;  // that client gave up while queued
             // Out of sockets or memory (WSAEMFILE, WSAENOBUFS), or anything else: pause,
             // since trying again at once would fail again at once.
+            ++accept_failures_;
             std::cerr << "ch07: accept failed: " << err << " " << iocp::error_text(err) << "\n";
             std::this_thread::sleep_for(kAcceptBackoff);
             continue;
@@ -76,7 +77,7 @@ void EchoServer::admit(iocp::UniqueSocket client) {
         ++refused_;
         std::cerr << "ch07: refusing " << iocp::peer_address(client.get()) << ": at the cap of "
                   << limits_.max_clients << " clients\n";
-        return;  // closed here: the client sees EOF
+        return;  // closed here: the client sees EOF, or a reset if it had already sent bytes
     }
     try {
         // An echo split over two sends would wait ~40 ms for the peer's delayed ACK
@@ -105,11 +106,32 @@ void EchoServer::admit(iocp::UniqueSocket client) {
         const DWORD err = GetLastError();
         std::cerr << "ch07: CreateIoCompletionPort(socket) failed: " << err << " "
                   << iocp::error_text(static_cast<int>(err)) << "\n";
-        close_connection(*c);
+        close_connection(*c);  // no other thread knows c yet: closing it here is safe
         return;
     }
     //! [associate]
-    post_recv(*c);  // the worker may handle its completion before this call returns
+    //! [handover]
+    // Hand the connection to the worker with a packet of our own, and start no I/O here.
+    // A receive started on this thread could complete and be handled by the worker before
+    // WSARecv had returned here; a client that connected and left at once would then have
+    // its socket closed by the worker while WSARecv still ran on it, and closesocket's
+    // page forbids closing a socket "concurrently with another Winsock function call".
+    // So only the worker starts operations and closes sockets, and this thread does not
+    // touch c again once the packet is posted. Until the worker takes it, the packet is
+    // c's operation in flight, like a receive: c.io is the kernel's meanwhile.
+    c->io.op = Op::kAdmit;
+    c->io.overlapped = OVERLAPPED{};
+    c->pending = true;
+    ++in_flight_;
+    if (!PostQueuedCompletionStatus(completion_port_.get(), 0, reinterpret_cast<ULONG_PTR>(c), &c->io.overlapped)) {
+        const DWORD err = GetLastError();
+        --in_flight_;
+        c->pending = false;
+        std::cerr << "ch07: PostQueuedCompletionStatus(admit) failed: " << err << " "
+                  << iocp::error_text(static_cast<int>(err)) << "\n";
+        close_connection(*c);  // no packet will come, and the worker never saw c
+    }
+    //! [handover]
 }
 //! [admit]
 
@@ -122,7 +144,7 @@ void EchoServer::post_recv(Connection& c) {
     WSABUF buf{static_cast<ULONG>(c.buffer.size()), c.buffer.data()};
     DWORD flags = 0;
     c.pending = true;
-    ++in_flight_;  // before the call: the completion may be handled before it returns
+    ++in_flight_;  // before the call: its packet may be queued (with more workers, handled) before it returns
     // lpNumberOfBytesRecvd is nullptr: with an OVERLAPPED, Microsoft's WSARecv page
     // says to pass NULL "to avoid potentially erroneous results"; the count comes with
     // the completion. Returning 0 (done at once) still queues a completion packet.
@@ -165,8 +187,16 @@ void EchoServer::post_send(Connection& c) {
 void EchoServer::complete(Connection& c, DWORD error, DWORD bytes) {
     --in_flight_;
     c.pending = false;
+    // The closing flag first, before the result. Closing a socket with an operation
+    // pending completes that operation with an error (995, or 64; Wine 8: 676), and
+    // Microsoft's GetQueuedCompletionStatus page says it may also come back as TRUE with
+    // 0 bytes, which looks exactly like a FIN. Only our own flag tells them apart.
     if (c.closing) {  // we closed the socket: this is its cancelled operation coming home
         free_connection(c);
+        return;
+    }
+    if (c.io.op == Op::kAdmit) {  // the accept thread's hand-over: c is the worker's alone now
+        post_recv(c);
         return;
     }
     if (error != ERROR_SUCCESS) {
@@ -211,9 +241,10 @@ void EchoServer::worker_loop() {
         const BOOL ok = GetQueuedCompletionStatus(completion_port_.get(), &bytes, &key, &overlapped, INFINITE);
         const DWORD error = ok ? ERROR_SUCCESS : GetLastError();
         if (overlapped != nullptr) {
-            // TRUE: the operation succeeded. FALSE with an OVERLAPPED: the operation
-            // failed, and `error` says why; key and bytes are valid either way. The key
-            // names the connection (per handle), the OVERLAPPED the operation (per I/O).
+            // TRUE: the operation succeeded (or it is an admit packet the accept thread
+            // posted). FALSE with an OVERLAPPED: the operation failed, and `error` says
+            // why; key and bytes are valid either way. The key names the connection (per
+            // handle), the OVERLAPPED the operation (per I/O).
             IoContext* io = CONTAINING_RECORD(overlapped, IoContext, overlapped);
             Connection* c = reinterpret_cast<Connection*>(key);
             if (io->connection != c) fatal("a packet whose key and OVERLAPPED disagree", ERROR_INVALID_DATA);
@@ -245,8 +276,10 @@ void EchoServer::close_connection(Connection& c) {
     // (closesocket, Remarks). Wine 8 leaves a send that waits for the peer to read
     // pending after closesocket(), so the drain in stop() would wait forever; CancelIoEx
     // completes it there too (995, ERROR_OPERATION_ABORTED), and is harmless on Windows.
-    // Only the worker (or the accept thread, before the first receive) closes a socket:
-    // "never issue closesocket on s concurrently with another Winsock function call".
+    // Only the worker closes an admitted connection's socket, and only the worker starts
+    // operations on it, so no Winsock call can run on it concurrently (see admit). The
+    // accept thread closes one only when the hand-over failed, before any other thread
+    // knew of it.
     if (c.pending) CancelIoEx(reinterpret_cast<HANDLE>(c.socket.get()), nullptr);
     c.socket.reset();
     if (!c.pending) free_connection(c);

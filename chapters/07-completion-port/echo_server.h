@@ -3,7 +3,8 @@
 // takes a completion no longer has to be the one that started the operation; each
 // socket associated with the port under a completion key (its connection), each
 // operation's context recovered from its OVERLAPPED with CONTAINING_RECORD; an accept
-// thread as in the original article; stop() by an exit packet and a drain.
+// thread as in the original article, which hands each client to the worker with a
+// packet of its own; stop() by an exit packet and a drain.
 // The Linux twin (echo_uring.cpp) is the same server on one io_uring: same header,
 // same function names in the same order.
 // Left out on purpose: more than one worker (chapter 8), AcceptEx (chapter 10).
@@ -53,17 +54,26 @@ public:
     std::uint64_t connections_served() const { return served_.load(); }
     std::uint64_t clients_refused() const { return refused_.load(); }
 
-    /// Receives and sends started whose completion has not been handled yet. Each one
-    /// pins its connection: the kernel owns that context and that buffer until then.
+    /// Receives and sends started (and, on Windows, admissions posted to the worker)
+    /// whose completion has not been handled yet. Each one pins its connection: the
+    /// kernel owns that context and that buffer until then.
     std::size_t operations_in_flight() const { return in_flight_.load(); }
     /// Sends the kernel completed with fewer bytes than asked, whose rest was posted again.
     std::uint64_t sends_reposted() const { return reposted_.load(); }
+    /// Accepts that failed for a reason other than a client giving up (out of
+    /// descriptors, for instance). Each one is followed by a pause, never by a retry at once.
+    std::uint64_t accept_failures() const { return accept_failures_.load(); }
+#ifndef _WIN32
+    /// Times the worker found completions the ring's queue had no room for, waiting in
+    /// the kernel. The queue is sized so that this stays 0 (a port's queue has no size).
+    std::uint64_t completion_queue_overflows() const { return cq_overflows_.load(); }
+#endif
 
 private:
     struct Connection;
     //! [io-context]
 #ifdef _WIN32
-    enum class Op { kRecv, kSend };
+    enum class Op { kRecv, kSend, kAdmit };  // kAdmit: the accept thread hands a client to the worker
 #else
     enum class Op { kRecv, kSend, kAccept, kAcceptPause, kWake };
 #endif
@@ -118,12 +128,14 @@ private:
     std::atomic<std::uint64_t> refused_{0};
     std::atomic<std::size_t> in_flight_{0};
     std::atomic<std::uint64_t> reposted_{0};
+    std::atomic<std::uint64_t> accept_failures_{0};
 #ifdef _WIN32
     iocp::UniqueHandle completion_port_;  // the port: a kernel queue of finished I/O
     std::thread accept_thread_;       // blocking accept(), as in the original article
     std::mutex mutex_;                // guards connections_: the accept thread adds, the worker removes
-    std::list<Connection> connections_;
+    std::list<Connection> connections_;  // the rest of a connection is the worker's once admitted
 #else
+    void check_kernel();
     io_uring_sqe* get_sqe();
     void cancel(IoContext& io, iocp::socket_t fd);
 
@@ -133,9 +145,11 @@ private:
     __kernel_timespec accept_pause_{};  // how long accepting pauses after EMFILE
     IoContext accept_io_{};           // the pending accept (or its pause)
     IoContext wake_io_{};             // the pending eventfd poll
+    std::atomic<std::uint64_t> cq_overflows_{0};
     // Touched by the worker thread only:
     std::list<Connection> connections_;
     bool accept_pending_ = false;
+    bool accept_retry_ = false;       // the accept found no free entry: post it after the next submit
     bool wake_pending_ = false;
     std::size_t cancels_in_flight_ = 0;
     bool draining_ = false;

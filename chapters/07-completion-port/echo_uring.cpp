@@ -4,7 +4,10 @@
 // changes.
 #include "echo_server.h"
 
+#include <algorithm>
 #include <cerrno>
+#include <chrono>
+#include <climits>
 #include <cstdlib>
 #include <iostream>
 #include <stdexcept>
@@ -17,7 +20,8 @@ namespace ch07 {
 
 namespace {
 
-// Submission queue entries; the completion queue gets twice as many.
+// Submission queue entries: requests prepared between two submits (a full queue is
+// submitted at once). The completion queue is sized from max_clients in start().
 constexpr unsigned kRingEntries = 256;
 constexpr long long kAcceptBackoffNs = 100'000'000;  // 100 ms
 
@@ -40,15 +44,35 @@ EchoServer::~EchoServer() { stop(); }
 void EchoServer::start() {
     //! [create-port]
     // One ring: a submission queue we fill with requests, a completion queue the kernel
-    // fills with results. The port's queue has no fixed size; the ring's has, and a
-    // completion must never be dropped when it is full: IORING_FEAT_NODROP (Linux 5.5)
-    // keeps the overflow in the kernel until we have made room.
+    // fills with results. The port's queue has no fixed size; the ring's has, so it is
+    // sized for the worst case: every connection with its one operation and a cancel of
+    // it in flight, plus the accept, its cancel and the eventfd poll (and one spare).
+    // IORING_SETUP_CLAMP turns a size beyond the kernel's limit into that limit, which is
+    // then checked; the completion queue may not be smaller than the submission queue.
+    const std::size_t max_clients = std::min<std::size_t>(limits_.max_clients, UINT_MAX / 2 - 2);
+    const std::size_t needed = std::max<std::size_t>(2 * max_clients + 4, 2 * kRingEntries);
     io_uring_params params{};
-    if (const int rc = io_uring_queue_init_params(kRingEntries, &ring_, &params); rc < 0)
-        throw iocp::SystemError("io_uring_queue_init", -rc);
+    params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
+    params.cq_entries = static_cast<unsigned>(needed);
+    if (const int rc = io_uring_queue_init_params(kRingEntries, &ring_, &params); rc < 0) {
+        // EINVAL: a kernel older than 5.6 knows neither flag. ENOMEM: before Linux 5.12
+        // the rings' memory counts against RLIMIT_MEMLOCK (ulimit -l).
+        throw iocp::SystemError(rc == -EINVAL   ? "io_uring_queue_init_params (Linux 5.6 or later needed)"
+                                : rc == -ENOMEM ? "io_uring_queue_init_params (locked memory: see ulimit -l)"
+                                                : "io_uring_queue_init_params",
+                                -rc);
+    }
     ring_ready_ = true;
+    if (const std::size_t most = (params.cq_entries - 4) / 2; limits_.max_clients > most)
+        throw std::runtime_error("ch07: max_clients " + std::to_string(limits_.max_clients) + " needs a completion queue of " +
+                                 std::to_string(2 * max_clients + 4) + " entries; this kernel allows " +
+                                 std::to_string(params.cq_entries) + ", enough for at most " + std::to_string(most) +
+                                 " clients");
+    // Should the queue fill up all the same, a completion must never be dropped:
+    // IORING_FEAT_NODROP (Linux 5.5) keeps the overflow in the kernel until there is room.
     if ((params.features & IORING_FEAT_NODROP) == 0)
         throw std::runtime_error("ch07: this kernel's io_uring may drop completions (Linux 5.5 or later needed)");
+    check_kernel();
     //! [create-port]
     wake_ = iocp::UniqueFd(::eventfd(0, EFD_CLOEXEC));
     if (!wake_) iocp::throw_last_error("eventfd");
@@ -58,6 +82,26 @@ void EchoServer::start() {
     worker_ = std::thread([this] { worker_loop(); });
 }
 //! [start]
+
+// Every request this server makes must be one the kernel knows: IORING_OP_SEND and
+// IORING_OP_RECV came in Linux 5.6, and a kernel without them would fail each receive
+// with -EINVAL at run time. The opcode probe (also 5.6) answers up front.
+void EchoServer::check_kernel() {
+    io_uring_probe* probe = io_uring_get_probe_ring(&ring_);
+    if (probe == nullptr) throw std::runtime_error("ch07: this kernel has no io_uring opcode probe (Linux 5.6 or later needed)");
+    struct Needed {
+        int op;
+        const char* name;
+    };
+    const Needed needed[] = {{IORING_OP_RECV, "RECV"},   {IORING_OP_SEND, "SEND"},
+                             {IORING_OP_ACCEPT, "ACCEPT"}, {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
+                             {IORING_OP_TIMEOUT, "TIMEOUT"}, {IORING_OP_POLL_ADD, "POLL_ADD"}};
+    std::string missing;
+    for (const Needed& n : needed)
+        if (!io_uring_opcode_supported(probe, n.op)) missing += std::string(missing.empty() ? "" : ", ") + "IORING_OP_" + n.name;
+    io_uring_free_probe(probe);
+    if (!missing.empty()) throw std::runtime_error("ch07: this kernel's io_uring lacks " + missing + " (Linux 5.6 or later needed)");
+}
 
 //! [get-sqe]
 // The next free submission queue entry. It is only filled in here; the kernel sees it
@@ -77,7 +121,11 @@ io_uring_sqe* EchoServer::get_sqe() {
 // it completes (see on_completion).
 void EchoServer::accept_clients() {
     io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) fatal("io_uring_get_sqe(accept)", EBUSY);
+    if (sqe == nullptr) {  // the kernel takes no more requests right now: worker_loop tries again
+        accept_retry_ = true;
+        return;
+    }
+    accept_retry_ = false;
     accept_io_.op = Op::kAccept;
     io_uring_prep_accept(sqe, listener_.get(), nullptr, nullptr, SOCK_CLOEXEC);
     io_uring_sqe_set_data(sqe, &accept_io_);
@@ -91,7 +139,7 @@ void EchoServer::admit(iocp::UniqueSocket client) {
         ++refused_;
         std::cerr << "ch07: refusing " << iocp::peer_address(client.get()) << ": at the cap of "
                   << limits_.max_clients << " clients\n";
-        return;  // closed here: the client sees EOF
+        return;  // closed here: the client sees EOF, or a reset if it had already sent bytes
     }
     try {
         // An echo split over two sends would wait ~40 ms for the peer's delayed ACK
@@ -124,9 +172,9 @@ void EchoServer::post_recv(Connection& c) {
         return;
     }
     c.io.op = Op::kRecv;
-    // The buffer is the kernel's from the submission until the completion. There is no
-    // "failed to start" here: an error, even a bad descriptor, comes back as the
-    // completion's result.
+    // The buffer is the kernel's from the submission until the completion. Once it has
+    // an entry, a request cannot fail to start: an error, even a bad descriptor, comes
+    // back as the completion's result. (No entry at all is handled above.)
     io_uring_prep_recv(sqe, c.socket.get(), c.buffer.data(), c.buffer.size(), 0);
     io_uring_sqe_set_data(sqe, &c.io);  // user_data: what the completion hands back
     c.pending = true;
@@ -217,9 +265,13 @@ void EchoServer::on_completion(IoContext& io, int result) {
             // Out of descriptors or memory (EMFILE, ENFILE, ENOBUFS), or anything else:
             // the client stays queued, and accepting again at once would fail at once.
             // Pause with a timeout request, so that the thread keeps serving the others.
+            ++accept_failures_;
             std::cerr << "ch07: accept failed: " << -result << " " << iocp::error_text(-result) << "\n";
             io_uring_sqe* sqe = get_sqe();
-            if (sqe == nullptr) fatal("io_uring_get_sqe(timeout)", EBUSY);
+            if (sqe == nullptr) {  // no entry for the pause either: accept again after the next submit
+                accept_retry_ = true;
+                return;
+            }
             accept_io_.op = Op::kAcceptPause;
             io_uring_prep_timeout(sqe, &accept_pause_, 0, 0);
             io_uring_sqe_set_data(sqe, &accept_io_);
@@ -248,33 +300,56 @@ void EchoServer::worker_loop() {
     // written. (A poll, not a read: a poll request only waits, and never occupies one
     // of the kernel's worker threads, whatever the kernel version.)
     io_uring_sqe* sqe = get_sqe();
-    if (sqe == nullptr) fatal("io_uring_get_sqe(eventfd)", EBUSY);
+    if (sqe == nullptr) fatal("io_uring_get_sqe(eventfd)", EBUSY);  // cannot be: the ring is empty
     wake_io_.op = Op::kWake;
     io_uring_prep_poll_add(sqe, wake_.get(), POLLIN);
     io_uring_sqe_set_data(sqe, &wake_io_);
     wake_pending_ = true;
     accept_clients();
     for (;;) {
+        // An accept that found no free entry last round (the kernel refused requests):
+        // the submit in get_sqe may get through now. If it still does not, poll rather
+        // than sleep until a completion, since none may come while every client is idle.
+        if (accept_retry_ && !draining_) accept_clients();
+        const bool polling = accept_retry_ && !draining_;
         // Hand the kernel every request prepared since the last round, and sleep until
         // at least one completion is queued: GetQueuedCompletionStatus, in one call.
-        const int rc = io_uring_submit_and_wait(&ring_, 1);
+        const int rc = io_uring_submit_and_wait(&ring_, polling ? 0 : 1);
         if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) fatal("io_uring_submit_and_wait", -rc);
-        io_uring_cqe* cqe = nullptr;
-        if (io_uring_peek_cqe(&ring_, &cqe) != 0) continue;  // woken without a completion
-        // A completion is user_data, given back untouched (our IoContext*, the key and
-        // the OVERLAPPED in one), and res: a byte count or -errno, never both.
-        auto* io = static_cast<IoContext*>(io_uring_cqe_get_data(cqe));
-        const int result = cqe->res;
-        io_uring_cqe_seen(&ring_, cqe);  // the slot is the kernel's again: read it first
-        if (io != nullptr) {
-            on_completion(*io, result);
-        } else {  // a cancel request's own completion; its target completes separately
-            --cancels_in_flight_;
-            if (result < 0 && result != -ENOENT)  // -ENOENT: the target had finished already
-                std::cerr << "ch07: cancel: " << -result << " " << iocp::error_text(-result) << "\n";
+        // Take every completion that is ready, not one per wake-up. Each batch is copied
+        // out and its slots given back before any is handled: handling submits new
+        // requests, and their completions need room in the queue.
+        std::size_t handled = 0;
+        for (;;) {
+            if (io_uring_cq_has_overflow(&ring_)) ++cq_overflows_;  // never, with the queue sized in start()
+            io_uring_cqe* cqes[64];
+            const unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 64);
+            if (n == 0) break;
+            // A completion is user_data, given back untouched (our IoContext*, the key and
+            // the OVERLAPPED in one), and res: a byte count or -errno, never both.
+            struct Done {
+                IoContext* io;
+                int result;
+            } done[64];
+            for (unsigned i = 0; i < n; ++i) done[i] = {static_cast<IoContext*>(io_uring_cqe_get_data(cqes[i])), cqes[i]->res};
+            io_uring_cq_advance(&ring_, n);  // the slots are the kernel's again: read them first
+            for (unsigned i = 0; i < n; ++i) {
+                if (done[i].io != nullptr) {
+                    on_completion(*done[i].io, done[i].result);
+                } else {  // a cancel request's own completion; its target completes separately
+                    --cancels_in_flight_;
+                    // -ENOENT: the target had finished already; -EALREADY: it was running and
+                    // has been told to stop. Both are normal: the target still completes.
+                    const int r = done[i].result;
+                    if (r < 0 && r != -ENOENT && r != -EALREADY)
+                        std::cerr << "ch07: cancel: " << -r << " " << iocp::error_text(-r) << "\n";
+                }
+            }
+            handled += n;
         }
         // Leave only when every request has come home: each context is free by then.
         if (draining_ && in_flight_ == 0 && !accept_pending_ && !wake_pending_ && cancels_in_flight_ == 0) return;
+        if (polling && handled == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
     }
 }
 //! [worker]
@@ -295,7 +370,7 @@ void EchoServer::close_connection(Connection& c) {
 }
 
 void EchoServer::free_connection(Connection& c) {
-    connections_.erase(c.self);  // closes the socket: the client sees FIN
+    connections_.erase(c.self);  // closes the socket: the client sees FIN (a reset if bytes were left unread)
     --live_;
     ++served_;
 }
