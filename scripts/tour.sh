@@ -66,7 +66,7 @@ run_chapter() {  # name, server program, clients, rounds, [idle connections held
     stop_server
     rate=$(sed -n 's/.*(\([0-9]*\) round trips\/s).*/\1/p' <<<"$out")
     threads=$(sed -n 's/^peak threads: //p' <<<"$out")
-    lines+=("$(printf '| %-22s | %7s | %6s | %14s | %20s |' "$name" "$clients" "$rounds" "$rate" "$threads")")
+    lines+=("$(printf '| %-24s | %7s | %6s | %14s | %20s |' "$name" "$clients" "$rounds" "$rate" "$threads")")
     echo "$name: $(head -1 <<<"$out"); server peaked at $threads threads"
 }
 
@@ -138,8 +138,8 @@ fi
 
 echo
 echo "=== side by side (this machine, this run; 64-byte messages, every byte checked)"
-echo "| chapter                | clients | rounds | round trips/s  | server threads (peak) |"
-echo "|------------------------|--------:|-------:|---------------:|---------------------:|"
+echo "| chapter                  | clients | rounds | round trips/s  | server threads (peak) |"
+echo "|--------------------------|--------:|-------:|---------------:|---------------------:|"
 printf '%s\n' "${lines[@]}"
 
 echo
