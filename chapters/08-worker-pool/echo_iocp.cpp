@@ -117,13 +117,12 @@ void EchoServer::admit(iocp::UniqueSocket client) {
         std::cerr << "ch08: " << e.what() << "\n";
         return;
     }
-    Connection* c = nullptr;
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        c = &connections_.emplace_back();
-        c->self = std::prev(connections_.end());
-    }
-    ++live_;
+    // Filled in while no other thread can see it, then spliced into the list: close_all
+    // never meets a connection half made. splice moves the node itself, so c and
+    // c->self stay valid and now point into connections_.
+    std::list<Connection> fresh;
+    Connection* c = &fresh.emplace_back();
+    c->self = fresh.begin();
     c->socket = std::move(client);
     c->recv.op = Op::kRecv;
     c->recv.connection = c;
@@ -131,6 +130,11 @@ void EchoServer::admit(iocp::UniqueSocket client) {
     c->send.op = Op::kSend;
     c->send.connection = c;
     c->send.buffer.resize(limits_.buffer_size);
+    {
+        std::lock_guard<std::mutex> lock(mutex_);
+        connections_.splice(connections_.end(), fresh);
+    }
+    ++live_;
     bool free_now = false;
     {
         // From the first receive on, any worker may take c's packets: they wait here.
@@ -166,7 +170,9 @@ void EchoServer::post_recv(Connection& c) {
     WSABUF buf{static_cast<ULONG>(c.recv.buffer.size()), c.recv.buffer.data()};
     DWORD flags = 0;
     c.receiving = true;
-    ++in_flight_;  // before the call: another worker may take its packet before it returns
+    // Counted before the call, so that in_flight_, read without c's lock (stop()'s drain,
+    // the tests), never shows fewer operations than the kernel holds.
+    ++in_flight_;
     // lpNumberOfBytesRecvd is nullptr: with an OVERLAPPED, Microsoft's WSARecv page
     // says to pass NULL "to avoid potentially erroneous results"; the count comes with
     // the completion. Returning 0 (done at once) still queues a completion packet.

@@ -54,7 +54,10 @@ bool is_disconnect_error(int code) {
 #ifdef _WIN32
     return code == WSAECONNRESET || code == WSAECONNABORTED || code == WSAENETRESET ||
            code == WSAESHUTDOWN || code == WSAENOTCONN || code == ERROR_NETNAME_DELETED ||
-           code == ERROR_OPERATION_ABORTED;
+           code == ERROR_OPERATION_ABORTED ||
+           // What GetLastError() can say after a failed overlapped socket operation,
+           // besides 64 and 995: the connection was aborted or timed out locally.
+           code == ERROR_CONNECTION_ABORTED || code == ERROR_SEM_TIMEOUT;
 #else
     return code == ECONNRESET || code == ECONNABORTED || code == EPIPE || code == ENOTCONN ||
            code == ESHUTDOWN || code == ETIMEDOUT;
