@@ -488,9 +488,9 @@ TEST(Ch09Close, OurOwnCloseIsNeverCountedAsAPeerReset) {
 // =======================================================================================
 
 //! [stop-under-load]
-// stop() in the middle of traffic: 200 clients echoing from four threads, plus 20 that
-// sent megabytes and never read (their echoes stuck in pending sends, with a receive
-// pending too on some). stop() must end within a bound (a watchdog, not a timing
+// stop() in the middle of traffic: 200 clients echoing from four threads, plus 8 that
+// push without reading until nothing more is taken (their echoes stuck in pending
+// sends, with the next chunk deferred). stop() must end within a bound (a watchdog, not a timing
 // assertion), having cancelled and drained everything: no operation outstanding, no
 // connection object and no context alive, nothing abandoned, every connection counted
 // as closed by us (no client closes before the server does), every worker joined.
@@ -498,15 +498,38 @@ TEST(Ch09Stop, StopUnderLoadFromTwoHundredClientsLeavesNothingBehind) {
     const std::optional<std::size_t> threads_before = testsupport::thread_count();
     CH09_START_SERVER(server, with_threads(4));
     const iocp::Endpoint at{"127.0.0.1", server->port()};
-    constexpr int kClients = 200, kThreads = 4, kPerThread = kClients / kThreads, kHogs = 20;
+    // 8 hogs, not more: each fills its socket buffers and ours, ~11 MB apiece here.
+    constexpr int kClients = 200, kThreads = 4, kPerThread = kClients / kThreads, kHogs = 8;
+    constexpr std::size_t kHogLimit = 64u << 20;
 
     std::vector<TestClient> hogs;
-    const std::string megabytes = make_payload(4u << 20, 5);
     for (int i = 0; i < kHogs; ++i) {
         hogs.push_back(TestClient::connect(at));
         ASSERT_EQ("hi", hogs.back().echo("hi"));
-        hogs.back().send_some(megabytes);
     }
+    // Push until no hog has taken a byte for 300 ms (or one reached 64 MiB): the socket
+    // buffers absorb a few megabytes sent once, and stop() would find no send pending.
+    const std::string megabyte = make_payload(1u << 20, 5);
+    std::vector<std::size_t> pushed(hogs.size(), 0);
+    for (int idle_rounds = 0; idle_rounds < 3;) {
+        std::size_t moved = 0;
+        for (std::size_t i = 0; i < hogs.size(); ++i) {
+            if (pushed[i] >= kHogLimit) continue;
+            const std::size_t n = hogs[i].send_some(megabyte);
+            pushed[i] += n;
+            moved += n;
+        }
+        if (moved == 0) {
+            ++idle_rounds;
+            std::this_thread::sleep_for(milliseconds(100));
+        } else {
+            idle_rounds = 0;
+        }
+    }
+    for (std::size_t i = 0; i < hogs.size(); ++i) ASSERT_LT(pushed[i], kHogLimit) << "hog " << i << " was never stopped";
+    // The server stops receiving from a hog only while a chunk waits for the send in
+    // flight: every stalled hog is one deferral at least, and a send pending at stop().
+    ASSERT_GE(server->sends_deferred(), static_cast<std::uint64_t>(kHogs)) << counters(*server);
 
     // The clients outlive their threads: none is closed before the server closes it.
     std::vector<std::vector<TestClient>> clients(kThreads);

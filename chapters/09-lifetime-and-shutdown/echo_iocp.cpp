@@ -214,9 +214,11 @@ void EchoServer::post_recv(Connection& c) {
     WSABUF buf{static_cast<ULONG>(c.recv.buffer.size()), c.recv.buffer.data()};
     DWORD flags = 0;
     //! [count-up]
-    // The count goes up before the call: another worker may take the packet, and
-    // handle it, before WSARecv has returned here. (That worker then waits for c.mutex,
-    // which we hold; the count is what it will look at.)
+    // Both counts go up before the call. Another worker may take the packet before
+    // WSARecv has returned here, but it waits for c.mutex, which we hold, so it finds
+    // c.outstanding right either way. in_flight_ is read without c's lock (stop()'s
+    // drain, the tests): counted first, it never shows fewer operations than the
+    // kernel holds.
     ++c.outstanding;
     c.receiving = true;
     ++in_flight_;

@@ -88,9 +88,10 @@ void ring_doorbell(int fd) {
 EchoServer::EchoServer(iocp::Endpoint where, Limits limits) : where_(std::move(where)), limits_(limits) {
     if (limits_.buffer_size == 0) limits_.buffer_size = 1;
     if (limits_.max_clients == 0) limits_.max_clients = 1;
-    // One ring per CPU. The port's second worker per CPU is there to run while another
-    // blocks; here a connection cannot move to another ring, so a blocked worker's
-    // connections wait whatever the count, and an extra ring only splits them further.
+    // One ring per CPU. A ring's loop makes no blocking call but its wait for
+    // completions, so a ring more than the CPUs only adds wake-ups. (If the handling
+    // blocked, more rings would help, as more workers help a port; what no ring count
+    // fixes is that a connection cannot leave a blocked worker for an idle one.)
     // hardware_concurrency() may be 0 when the count is unknown.
     const std::size_t cpus = std::max(1u, std::thread::hardware_concurrency());
     threads_ = limits_.threads != 0 ? limits_.threads : cpus;
