@@ -27,6 +27,9 @@
 #include "iocp/handle.h"
 #include "iocp/test_client.h"
 #include "support/test_support.h"
+#ifndef _WIN32
+#include "support/io_uring_support.h"
+#endif
 
 #ifndef _WIN32
 #include <cerrno>
@@ -36,7 +39,12 @@
 
 using iocp::TestClient;
 using std::chrono::milliseconds;
+#ifndef _WIN32
+using testsupport::io_uring_refused;
+#endif
 using testsupport::make_payload;
+using testsupport::running_under_wine;
+using testsupport::too_few_descriptors;
 using testsupport::same_bytes;
 
 namespace {
@@ -47,19 +55,6 @@ constexpr int kConcurrent = 200;  // the issue asks for at least 200 clients at 
 // gtest's skip macro returns from the function it is in, so it lives in a void one.
 void skip_because(const std::string& why) { GTEST_SKIP() << why; }
 
-// A kernel can refuse io_uring (built without it, or kernel.io_uring_disabled=2, or a
-// seccomp filter in a container). Then the Linux tests skip and say why; they never
-// pass without having run.
-std::optional<std::string> io_uring_refused() {
-    static const std::optional<std::string> why = []() -> std::optional<std::string> {
-        io_uring ring{};
-        if (const int rc = io_uring_queue_init(2, &ring, 0); rc < 0)
-            return "this kernel refuses io_uring: io_uring_queue_init failed: " + std::string(std::strerror(-rc));
-        io_uring_queue_exit(&ring);
-        return std::nullopt;
-    }();
-    return why;
-}
 #endif
 
 contract::Target chapter_target() {
@@ -88,13 +83,6 @@ INSTANTIATE_TEST_SUITE_P(ch07, EchoContract, ::testing::Values(chapter_target())
 #ifdef _WIN32
 
 namespace {
-
-// Wine 8 differs from Windows in three of the facts below; those tests check what both
-// do, and what Windows does only on Windows. Wine's ntdll exports wine_get_version.
-bool running_under_wine() {
-    const HMODULE ntdll = GetModuleHandleA("ntdll.dll");
-    return ntdll != nullptr && GetProcAddress(ntdll, "wine_get_version") != nullptr;
-}
 
 iocp::UniqueHandle make_port(DWORD concurrency) {
     iocp::UniqueHandle port(CreateIoCompletionPort(INVALID_HANDLE_VALUE, nullptr, 0, concurrency));
@@ -750,27 +738,6 @@ std::unique_ptr<ch07::EchoServer> start_server(ch07::Limits limits = {}) {
     ASSERT_NE(nullptr, var)
 
 constexpr int kMany = 1500;  // more clients than the ring's first completion queue had room for
-
-// A test with kMany clients holds two descriptors per client in this process (the
-// client's and the server's). On Linux the soft RLIMIT_NOFILE is raised toward the hard
-// one, as chapter 3's test does; the answer is why not, when even the hard one is too low.
-std::optional<std::string> too_few_descriptors(std::size_t needed) {
-#ifndef _WIN32
-    rlimit rl{};
-    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return std::string("getrlimit failed: ") + std::strerror(errno);
-    if (rl.rlim_cur < needed) {
-        rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, static_cast<rlim_t>(needed));
-        setrlimit(RLIMIT_NOFILE, &rl);
-        getrlimit(RLIMIT_NOFILE, &rl);
-    }
-    if (rl.rlim_cur < needed)
-        return "RLIMIT_NOFILE hard limit " + std::to_string(rl.rlim_max) + " is below the " + std::to_string(needed) +
-               " descriptors this test needs (raise it with ulimit -Hn)";
-#else
-    (void)needed;
-#endif
-    return std::nullopt;
-}
 
 }  // namespace
 

@@ -27,11 +27,19 @@
 #include "iocp/handle.h"
 #include "iocp/test_client.h"
 #include "support/test_support.h"
+#ifndef _WIN32
+#include "support/io_uring_support.h"
+#endif
 
 
 using iocp::TestClient;
 using std::chrono::milliseconds;
+#ifndef _WIN32
+using testsupport::io_uring_refused;
+#endif
 using testsupport::make_payload;
+using testsupport::running_under_wine;
+using testsupport::too_few_descriptors;
 using testsupport::same_bytes;
 
 namespace {
@@ -42,25 +50,7 @@ constexpr int kConcurrent = 200;  // the issue asks for at least 200 clients at 
 // gtest's skip macro returns from the function it is in, so it lives in a void one.
 void skip_because(const std::string& why) { GTEST_SKIP() << why; }
 
-// A kernel can refuse io_uring (built without it, or kernel.io_uring_disabled=2, or a
-// seccomp filter in a container). Then the Linux tests skip and say why; they never
-// pass without having run.
-std::optional<std::string> io_uring_refused() {
-    static const std::optional<std::string> why = []() -> std::optional<std::string> {
-        io_uring ring{};
-        if (const int rc = io_uring_queue_init(2, &ring, 0); rc < 0)
-            return "this kernel refuses io_uring: io_uring_queue_init failed: " + std::string(std::strerror(-rc));
-        io_uring_queue_exit(&ring);
-        return std::nullopt;
-    }();
-    return why;
-}
 #else
-// Wine's ntdll exports wine_get_version; Windows' does not.
-bool running_under_wine() {
-    const HMODULE ntdll = GetModuleHandleA("ntdll.dll");
-    return ntdll != nullptr && GetProcAddress(ntdll, "wine_get_version") != nullptr;
-}
 #endif
 
 contract::Target chapter_target() {

@@ -1,6 +1,9 @@
 #include "test_support.h"
 
+#include <algorithm>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <cstdlib>
 #include <future>
 #include <iostream>
@@ -9,6 +12,7 @@
 
 #ifdef __linux__
 #include <dirent.h>
+#include <sys/resource.h>
 #elif defined(_WIN32)
 #include <windows.h>
 #include <tlhelp32.h>
@@ -116,6 +120,33 @@ bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds lim
         std::this_thread::sleep_for(std::chrono::milliseconds(5));
     }
     return true;
+}
+
+std::optional<std::string> too_few_descriptors(std::size_t needed) {
+#ifndef _WIN32
+    rlimit rl{};
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return std::string("getrlimit failed: ") + std::strerror(errno);
+    if (rl.rlim_cur < needed) {
+        rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, static_cast<rlim_t>(needed));
+        setrlimit(RLIMIT_NOFILE, &rl);
+        getrlimit(RLIMIT_NOFILE, &rl);
+    }
+    if (rl.rlim_cur < needed)
+        return "RLIMIT_NOFILE hard limit " + std::to_string(rl.rlim_max) + " is below the " + std::to_string(needed) +
+               " descriptors this test needs (raise it with ulimit -Hn)";
+#else
+    (void)needed;
+#endif
+    return std::nullopt;
+}
+
+bool running_under_wine() {
+#ifdef _WIN32
+    const HMODULE ntdll = GetModuleHandleA("ntdll.dll");
+    return ntdll != nullptr && GetProcAddress(ntdll, "wine_get_version") != nullptr;
+#else
+    return false;
+#endif
 }
 
 }  // namespace testsupport

@@ -37,4 +37,13 @@ std::optional<std::size_t> thread_count();
 /// that settles asynchronously (a server noticing a close), never for speed.
 bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds limit = std::chrono::seconds(10));
 
+/// Why this process cannot hold `needed` descriptors, or nullopt if it can. On Linux
+/// the soft RLIMIT_NOFILE is first raised toward the hard one (as far as `needed`);
+/// the answer explains the skip when even the hard limit is too low. Windows: nullopt.
+std::optional<std::string> too_few_descriptors(std::size_t needed);
+
+/// True under Wine (its ntdll exports wine_get_version), where a few documented
+/// Windows behaviours differ; tests assert those only on Windows and print Wine's.
+bool running_under_wine();
+
 }  // namespace testsupport
