@@ -27,15 +27,8 @@
 #include "iocp/handle.h"
 #include "iocp/test_client.h"
 #include "support/test_support.h"
-#ifndef _WIN32
-#include "support/io_uring_support.h"
-#endif
+#include "support/twin_support.h"
 
-#ifndef _WIN32
-#include <cerrno>
-#include <sys/resource.h>
-#include <unistd.h>
-#endif
 
 using iocp::TestClient;
 using std::chrono::milliseconds;
@@ -51,26 +44,14 @@ namespace {
 
 constexpr int kConcurrent = 200;  // the issue asks for at least 200 clients at once
 
-#ifndef _WIN32
-// gtest's skip macro returns from the function it is in, so it lives in a void one.
-void skip_because(const std::string& why) { GTEST_SKIP() << why; }
-
-#endif
-
 contract::Target chapter_target() {
 #ifdef _WIN32
-    return contract::make_target<ch07::EchoServer>("iocp", {kConcurrent});
+    const char* name = "iocp";
 #else
-    contract::Target t = contract::make_target<ch07::EchoServer>("io_uring", {kConcurrent});
-    t.start = [start = t.start]() -> std::unique_ptr<contract::ServerUnderTest> {
-        if (const auto why = io_uring_refused()) {
-            skip_because(*why);  // SetUp ends with a skip recorded: the test body is not run
-            return nullptr;
-        }
-        return start();
-    };
-    return t;
+    const char* name = "io_uring";
 #endif
+    return testsupport::or_skip_without_io_uring(
+        contract::make_target<ch07::EchoServer>(name, {kConcurrent}));
 }
 
 }  // namespace
@@ -719,23 +700,8 @@ TEST(Ch07Ring, AMessageFromAnotherRingWakesAWaiter) {
 // =======================================================================================
 namespace {
 
-// Starts a server for one test (or skips it, on a kernel that refuses io_uring).
-std::unique_ptr<ch07::EchoServer> start_server(ch07::Limits limits = {}) {
-#ifndef _WIN32
-    if (const auto why = io_uring_refused()) {
-        skip_because(*why);
-        return nullptr;
-    }
-#endif
-    auto server = std::make_unique<ch07::EchoServer>(iocp::Endpoint{"127.0.0.1", 0}, limits);
-    server->start();
-    return server;
-}
-
-#define CH07_START_SERVER(var, ...)            \
-    auto var = start_server(__VA_ARGS__);      \
-    if (IsSkipped()) return;                   \
-    ASSERT_NE(nullptr, var)
+// Starts a server for one test, or ends the test as skipped (a kernel that refuses io_uring).
+#define CH07_START_SERVER(var, ...) START_TWIN_SERVER(var, ch07::EchoServer, ch07::Limits{__VA_ARGS__})
 
 constexpr int kMany = 1500;  // more clients than the ring's first completion queue had room for
 
@@ -1026,43 +992,22 @@ TEST(Ch07EchoServer, AcceptPausesWhenDescriptorsRunOutThenServesTheWaitingClient
     auto early = TestClient::connect(at);
     ASSERT_EQ("early", early.echo("early"));
 
-    // UBSan checks the dynamic type of std::cerr the first time a member is called on it
-    // (the server's log line does), and that check opens a pipe: during the shortage it
-    // would fail and report a false error. One call now puts the answer in its cache.
-    const std::size_t descriptors = *testsupport::open_descriptors();
-    std::cerr << "[ info     ] " << descriptors << " descriptors open before the shortage\n";
-
-    rlimit saved{};
-    ASSERT_EQ(0, getrlimit(RLIMIT_NOFILE, &saved));
-    rlimit low = saved;
-    low.rlim_cur = static_cast<rlim_t>(descriptors + 16);
-    ASSERT_EQ(0, setrlimit(RLIMIT_NOFILE, &low));
-    std::vector<int> filler;
-    for (int fd = ::dup(0); fd >= 0; fd = ::dup(0)) filler.push_back(fd);
-    ::close(filler.back());  // one free descriptor: for the client's socket, none for the server's
-    filler.pop_back();
-    std::optional<TestClient> late;
+    // One free descriptor: for the client's socket, none for the server's.
+    testsupport::DescriptorShortage shortage(1);
     const auto shortage_began = std::chrono::steady_clock::now();
-    try {
-        late = TestClient::connect(at);
-        late->send("late");
-    } catch (...) {
-        for (int fd : filler) ::close(fd);
-        setrlimit(RLIMIT_NOFILE, &saved);
-        throw;
-    }
+    auto late = TestClient::connect(at);
+    late.send("late");
     std::this_thread::sleep_for(milliseconds(300));  // the server meets EMFILE, pauses, retries
     EXPECT_EQ("still", early.echo("still")) << "the shortage stopped service for a connected client";
     const std::uint64_t failures = server->accept_failures();
     const auto shortage_ms =
         std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - shortage_began).count();
-    for (int fd : filler) ::close(fd);
-    ASSERT_EQ(0, setrlimit(RLIMIT_NOFILE, &saved));
+    shortage.end();
     std::cout << "[ info     ] accepts failed during the " << shortage_ms << " ms shortage: " << failures << "\n";
     EXPECT_GE(failures, 1u) << "the server never ran out of descriptors: the test did not test";
     EXPECT_LE(failures, static_cast<std::uint64_t>(2 + shortage_ms / 100))
         << "the server retried a failing accept without pausing";
-    EXPECT_EQ("late", late->recv_exact(4)) << "the client that waited through the shortage was not served";
+    EXPECT_EQ("late", late.recv_exact(4)) << "the client that waited through the shortage was not served";
 }
 //! [emfile]
 #endif

@@ -24,15 +24,8 @@
 #include "iocp/handle.h"
 #include "iocp/test_client.h"
 #include "support/test_support.h"
-#ifndef _WIN32
-#include "support/io_uring_support.h"
-#endif
+#include "support/twin_support.h"
 
-#ifndef _WIN32
-#include <cerrno>
-#include <sys/resource.h>
-#include <unistd.h>
-#endif
 
 using iocp::TestClient;
 using std::chrono::milliseconds;
@@ -48,27 +41,14 @@ namespace {
 
 constexpr int kConcurrent = 500;  // the issue asks for 500 clients across the pool
 
-#ifndef _WIN32
-// gtest's skip macro returns from the function it is in, so it lives in a void one.
-void skip_because(const std::string& why) { GTEST_SKIP() << why; }
-
-#else
-#endif
-
 contract::Target chapter_target() {
 #ifdef _WIN32
-    return contract::make_target<ch08::EchoServer>("iocp_pool", {kConcurrent});
+    const char* name = "iocp_pool";
 #else
-    contract::Target t = contract::make_target<ch08::EchoServer>("io_uring_pool", {kConcurrent});
-    t.start = [start = t.start]() -> std::unique_ptr<contract::ServerUnderTest> {
-        if (const auto why = io_uring_refused()) {
-            skip_because(*why);  // SetUp ends with a skip recorded: the test body is not run
-            return nullptr;
-        }
-        return start();
-    };
-    return t;
+    const char* name = "io_uring_pool";
 #endif
+    return testsupport::or_skip_without_io_uring(
+        contract::make_target<ch08::EchoServer>(name, {kConcurrent}));
 }
 
 }  // namespace
@@ -83,23 +63,8 @@ ch08::Limits with_threads(std::size_t n) {
     return limits;
 }
 
-// Starts a server for one test (or skips it, on a kernel that refuses io_uring).
-std::unique_ptr<ch08::EchoServer> start_server(ch08::Limits limits = {}) {
-#ifndef _WIN32
-    if (const auto why = io_uring_refused()) {
-        skip_because(*why);
-        return nullptr;
-    }
-#endif
-    auto server = std::make_unique<ch08::EchoServer>(iocp::Endpoint{"127.0.0.1", 0}, limits);
-    server->start();
-    return server;
-}
-
-#define CH08_START_SERVER(var, ...)            \
-    auto var = start_server(__VA_ARGS__);      \
-    if (IsSkipped()) return;                   \
-    ASSERT_NE(nullptr, var)
+// Starts a server for one test, or ends the test as skipped (a kernel that refuses io_uring).
+#define CH08_START_SERVER(var, ...) START_TWIN_SERVER(var, ch08::EchoServer, ch08::Limits{__VA_ARGS__})
 
 std::string describe(const std::vector<std::uint64_t>& counts) {
     std::string s;
@@ -569,43 +534,22 @@ TEST(Ch08EchoServer, AcceptPausesWhenDescriptorsRunOutThenServesTheWaitingClient
     auto early2 = TestClient::connect(at);  // dealt to the other worker
     ASSERT_EQ("early2", early2.echo("early2"));
 
-    // UBSan checks the dynamic type of std::cerr the first time a member is called on it
-    // (the server's log line does), and that check opens a pipe: during the shortage it
-    // would fail and report a false error. One call now puts the answer in its cache.
-    const std::size_t descriptors = *testsupport::open_descriptors();
-    std::cerr << "[ info     ] " << descriptors << " descriptors open before the shortage\n";
-
-    rlimit saved{};
-    ASSERT_EQ(0, getrlimit(RLIMIT_NOFILE, &saved));
-    rlimit low = saved;
-    low.rlim_cur = static_cast<rlim_t>(descriptors + 16);
-    ASSERT_EQ(0, setrlimit(RLIMIT_NOFILE, &low));
-    std::vector<int> filler;
-    for (int fd = ::dup(0); fd >= 0; fd = ::dup(0)) filler.push_back(fd);
-    ::close(filler.back());  // one free descriptor: for the client's socket, none for the server's
-    filler.pop_back();
-    std::optional<TestClient> late;
+    // One free descriptor: for the client's socket, none for the server's.
+    testsupport::DescriptorShortage shortage(1);
     const auto shortage_began = std::chrono::steady_clock::now();
-    try {
-        late = TestClient::connect(at);
-        late->send("late");
-    } catch (...) {
-        for (int fd : filler) ::close(fd);
-        setrlimit(RLIMIT_NOFILE, &saved);
-        throw;
-    }
+    auto late = TestClient::connect(at);
+    late.send("late");
     std::this_thread::sleep_for(milliseconds(300));  // the server meets EMFILE, pauses, retries
     EXPECT_EQ("still", early.echo("still")) << "the shortage stopped service for a connected client";
     EXPECT_EQ("still2", early2.echo("still2")) << "the shortage stopped service on the other worker";
     const std::uint64_t failures = server->accept_failures();
     const auto shortage_ms =
         std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - shortage_began).count();
-    for (int fd : filler) ::close(fd);
-    ASSERT_EQ(0, setrlimit(RLIMIT_NOFILE, &saved));
+    shortage.end();
     std::cout << "[ info     ] accepts failed during the " << shortage_ms << " ms shortage: " << failures << "\n";
     EXPECT_GE(failures, 1u) << "the server never ran out of descriptors: the test did not test";
     EXPECT_LE(failures, static_cast<std::uint64_t>(2 + shortage_ms / 100))
         << "the server retried a failing accept without pausing";
-    EXPECT_EQ("late", late->recv_exact(4)) << "the client that waited through the shortage was not served";
+    EXPECT_EQ("late", late.recv_exact(4)) << "the client that waited through the shortage was not served";
 }
 #endif

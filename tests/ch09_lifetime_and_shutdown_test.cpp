@@ -27,16 +27,11 @@
 #include "iocp/handle.h"
 #include "iocp/test_client.h"
 #include "support/test_support.h"
-#ifndef _WIN32
-#include "support/io_uring_support.h"
-#endif
+#include "support/twin_support.h"
 
 
 using iocp::TestClient;
 using std::chrono::milliseconds;
-#ifndef _WIN32
-using testsupport::io_uring_refused;
-#endif
 using testsupport::make_payload;
 using testsupport::running_under_wine;
 using testsupport::too_few_descriptors;
@@ -46,27 +41,14 @@ namespace {
 
 constexpr int kConcurrent = 200;  // the issue asks for at least 200 clients at once
 
-#ifndef _WIN32
-// gtest's skip macro returns from the function it is in, so it lives in a void one.
-void skip_because(const std::string& why) { GTEST_SKIP() << why; }
-
-#else
-#endif
-
 contract::Target chapter_target() {
 #ifdef _WIN32
-    return contract::make_target<ch09::EchoServer>("iocp_lifetime", {kConcurrent});
+    const char* name = "iocp_lifetime";
 #else
-    contract::Target t = contract::make_target<ch09::EchoServer>("io_uring_lifetime", {kConcurrent});
-    t.start = [start = t.start]() -> std::unique_ptr<contract::ServerUnderTest> {
-        if (const auto why = io_uring_refused()) {
-            skip_because(*why);  // SetUp ends with a skip recorded: the test body is not run
-            return nullptr;
-        }
-        return start();
-    };
-    return t;
+    const char* name = "io_uring_lifetime";
 #endif
+    return testsupport::or_skip_without_io_uring(
+        contract::make_target<ch09::EchoServer>(name, {kConcurrent}));
 }
 
 }  // namespace
@@ -81,23 +63,8 @@ ch09::Limits with_threads(std::size_t n) {
     return limits;
 }
 
-// Starts a server for one test (or skips it, on a kernel that refuses io_uring).
-std::unique_ptr<ch09::EchoServer> start_server(ch09::Limits limits = {}) {
-#ifndef _WIN32
-    if (const auto why = io_uring_refused()) {
-        skip_because(*why);
-        return nullptr;
-    }
-#endif
-    auto server = std::make_unique<ch09::EchoServer>(iocp::Endpoint{"127.0.0.1", 0}, limits);
-    server->start();
-    return server;
-}
-
-#define CH09_START_SERVER(var, ...)            \
-    auto var = start_server(__VA_ARGS__);      \
-    if (IsSkipped()) return;                   \
-    ASSERT_NE(nullptr, var)
+// Starts a server for one test, or ends the test as skipped (a kernel that refuses io_uring).
+#define CH09_START_SERVER(var, ...) START_TWIN_SERVER(var, ch09::EchoServer, ch09::Limits{__VA_ARGS__})
 
 // Everything a server holds for its connections, in one line for failure messages.
 std::string counters(const ch09::EchoServer& s) {

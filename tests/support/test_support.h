@@ -11,6 +11,11 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
+
+#ifndef _WIN32
+#include <sys/resource.h>
+#endif
 
 namespace testsupport {
 
@@ -45,5 +50,25 @@ std::optional<std::string> too_few_descriptors(std::size_t needed);
 /// True under Wine (its ntdll exports wine_get_version), where a few documented
 /// Windows behaviours differ; tests assert those only on Windows and print Wine's.
 bool running_under_wine();
+
+#ifndef _WIN32
+/// Runs this process out of descriptors until end() or destruction: the soft
+/// RLIMIT_NOFILE comes down to what is open now plus a few, and dup() takes all but
+/// `spare` of those. A server's accept() then fails with EMFILE while a test client
+/// still has room for its socket. end() closes them and puts the limit back.
+class DescriptorShortage {
+public:
+    explicit DescriptorShortage(std::size_t spare);
+    ~DescriptorShortage() { end(); }
+    DescriptorShortage(const DescriptorShortage&) = delete;
+    DescriptorShortage& operator=(const DescriptorShortage&) = delete;
+    void end();
+
+private:
+    rlimit saved_{};
+    bool lowered_ = false;
+    std::vector<int> taken_;
+};
+#endif
 
 }  // namespace testsupport
