@@ -26,6 +26,7 @@
 #include "echo_server.h"
 #include "iocp/handle.h"
 #include "iocp/test_client.h"
+#include "support/load.h"
 #include "support/test_support.h"
 #include "support/twin_support.h"
 
@@ -803,7 +804,7 @@ TEST(Ch07EchoServer, ShortSendsAreRepostedUntilEveryByteIsOut) {
 TEST(Ch07EchoServer, StopUnderLoadLeavesNoOperationInFlight) {
     CH07_START_SERVER(server);
     const iocp::Endpoint at{"127.0.0.1", server->port()};
-    constexpr int kThreads = 4, kPerThread = kConcurrent / kThreads, kHogs = 20;
+    constexpr int kThreads = 4, kHogs = 20;
 
     std::vector<TestClient> hogs;
     const std::string megabyte = make_payload(1u << 20, 5);
@@ -813,40 +814,13 @@ TEST(Ch07EchoServer, StopUnderLoadLeavesNoOperationInFlight) {
         hogs.back().send_some(megabyte);
     }
 
-    std::atomic<int> connected{0};
-    std::atomic<std::uint64_t> echoes{0};
-    std::atomic<bool> done{false};
-    std::atomic<bool> stop_began{false};
-    std::vector<std::thread> threads;
-    for (int t = 0; t < kThreads; ++t) {
-        threads.emplace_back([&, t] {
-            std::vector<TestClient> mine;
-            try {
-                for (int i = 0; i < kPerThread; ++i) {
-                    mine.push_back(TestClient::connect(at));
-                    if (mine.back().echo("x") != "x") ADD_FAILURE() << "wrong echo, thread " << t;
-                    ++connected;
-                }
-                for (std::uint32_t n = 0; !done; ++n) {
-                    auto& c = mine[n % mine.size()];
-                    const std::string m = make_payload(1 + n % 4000, static_cast<std::uint32_t>(t) * 1000000 + n);
-                    if (c.echo(m, milliseconds(5000)) != m) ADD_FAILURE() << "wrong echo, thread " << t;
-                    ++echoes;
-                }
-            } catch (const std::exception& e) {
-                // The server closing this connection under us is expected once stop()
-                // has begun, and only then.
-                if (!stop_began) ADD_FAILURE() << "thread " << t << ", before stop(): " << e.what();
-            }
-        });
-    }
-    const bool loaded = testsupport::eventually([&] { return connected == kConcurrent && echoes >= 2000; },
-                                                std::chrono::seconds(60));
-    stop_began = true;
+    testsupport::EchoLoad load(at, kConcurrent, kThreads);
+    const bool loaded = load.wait_until_running(2000);
+    load.server_stopping();
     testsupport::finishes_within(milliseconds(15000), "stop() under load", [&] { server->stop(); });
-    done = true;
-    for (auto& t : threads) t.join();
-    ASSERT_TRUE(loaded) << "the load never got going: " << connected << " connected, " << echoes << " echoes";
+    load.finish();
+    ASSERT_TRUE(loaded) << "the load never got going: " << load.connected() << " connected, " << load.echoes()
+                        << " echoes";
     EXPECT_EQ(0u, server->operations_in_flight());
     EXPECT_EQ(0u, server->live_connections());
     EXPECT_EQ(static_cast<std::uint64_t>(kConcurrent + kHogs), server->connections_served());
@@ -916,38 +890,10 @@ TEST(Ch07EchoServer, ABurstOfFifteenHundredClientsIsEchoedInFull) {
     if (const auto why = too_few_descriptors(2 * kMany + 200)) GTEST_SKIP() << *why;
     CH07_START_SERVER(server);
     const iocp::Endpoint at{"127.0.0.1", server->port()};
-    constexpr int kThreads = 4, kPerThread = kMany / kThreads;
-    std::vector<std::vector<TestClient>> clients(kThreads);
-    std::atomic<int> echoed{0};
-    testsupport::finishes_within(milliseconds(120000), "a burst of 1500 clients", [&] {
-        std::vector<std::thread> threads;
-        for (int t = 0; t < kThreads; ++t) {
-            threads.emplace_back([&, t] {
-                auto payload = [t](int i) {
-                    const auto n = static_cast<std::uint32_t>(t * kPerThread + i);
-                    return make_payload(1 + (n * 37) % 6000, n);
-                };
-                try {
-                    for (int i = 0; i < kPerThread; ++i) {
-                        clients[t].push_back(TestClient::connect(at, milliseconds(30000)));
-                        clients[t].back().send(payload(i), milliseconds(30000));
-                    }
-                    for (int i = 0; i < kPerThread; ++i) {
-                        const std::string expected = payload(i);
-                        if (same_bytes(expected, clients[t][i].recv_exact(expected.size(), milliseconds(30000))))
-                            ++echoed;
-                        else
-                            ADD_FAILURE() << "thread " << t << ", client " << i << ": wrong echo";
-                    }
-                } catch (const std::exception& e) {
-                    ADD_FAILURE() << "thread " << t << ": " << e.what();
-                }
-            });
-        }
-        for (auto& th : threads) th.join();
-    });
-    EXPECT_EQ(kThreads * kPerThread, echoed.load());
-    EXPECT_EQ(static_cast<std::size_t>(kThreads * kPerThread), server->live_connections());
+    int echoed = 0;
+    auto clients = testsupport::connect_burst(at, kMany, 4, echoed);
+    EXPECT_EQ(kMany, echoed);
+    EXPECT_EQ(static_cast<std::size_t>(kMany), server->live_connections());
     clients.clear();
     EXPECT_TRUE(testsupport::eventually(
         [&] { return server->live_connections() == 0 && server->operations_in_flight() == 0; },

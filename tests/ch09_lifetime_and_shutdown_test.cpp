@@ -26,6 +26,7 @@
 #include "echo_server.h"
 #include "iocp/handle.h"
 #include "iocp/test_client.h"
+#include "support/load.h"
 #include "support/test_support.h"
 #include "support/twin_support.h"
 
@@ -456,77 +457,22 @@ TEST(Ch09Stop, StopUnderLoadFromTwoHundredClientsLeavesNothingBehind) {
     CH09_START_SERVER(server, with_threads(4));
     const iocp::Endpoint at{"127.0.0.1", server->port()};
     // 8 hogs, not more: each fills its socket buffers and ours, ~11 MB apiece here.
-    constexpr int kClients = 200, kThreads = 4, kPerThread = kClients / kThreads, kHogs = 8;
-    constexpr std::size_t kHogLimit = 64u << 20;
-
-    std::vector<TestClient> hogs;
-    for (int i = 0; i < kHogs; ++i) {
-        hogs.push_back(TestClient::connect(at));
-        ASSERT_EQ("hi", hogs.back().echo("hi"));
-    }
-    // Push until no hog has taken a byte for 300 ms (or one reached 64 MiB): the socket
-    // buffers absorb a few megabytes sent once, and stop() would find no send pending.
-    const std::string megabyte = make_payload(1u << 20, 5);
-    std::vector<std::size_t> pushed(hogs.size(), 0);
-    for (int idle_rounds = 0; idle_rounds < 3;) {
-        std::size_t moved = 0;
-        for (std::size_t i = 0; i < hogs.size(); ++i) {
-            if (pushed[i] >= kHogLimit) continue;
-            const std::size_t n = hogs[i].send_some(megabyte);
-            pushed[i] += n;
-            moved += n;
-        }
-        if (moved == 0) {
-            ++idle_rounds;
-            std::this_thread::sleep_for(milliseconds(100));
-        } else {
-            idle_rounds = 0;
-        }
-    }
-    for (std::size_t i = 0; i < hogs.size(); ++i) ASSERT_LT(pushed[i], kHogLimit) << "hog " << i << " was never stopped";
+    constexpr int kClients = 200, kThreads = 4, kHogs = 8;
+    const std::vector<TestClient> hogs = testsupport::stalled_hogs(at, kHogs);
     // The server stops receiving from a hog only while a chunk waits for the send in
     // flight: every stalled hog is one deferral at least, and a send pending at stop().
     ASSERT_GE(server->sends_deferred(), static_cast<std::uint64_t>(kHogs)) << counters(*server);
 
-    // The clients outlive their threads: none is closed before the server closes it.
-    std::vector<std::vector<TestClient>> clients(kThreads);
-    std::atomic<int> connected{0};
-    std::atomic<std::uint64_t> echoes{0};
-    std::atomic<bool> done{false};
-    std::atomic<bool> stop_began{false};
-    std::vector<std::thread> threads;
-    for (int t = 0; t < kThreads; ++t) {
-        threads.emplace_back([&, t] {
-            auto& mine = clients[t];
-            try {
-                for (int i = 0; i < kPerThread; ++i) {
-                    mine.push_back(TestClient::connect(at));
-                    if (mine.back().echo("x") != "x") ADD_FAILURE() << "wrong echo, thread " << t;
-                    ++connected;
-                }
-                for (std::uint32_t n = 0; !done; ++n) {
-                    auto& c = mine[n % mine.size()];
-                    const std::string m = make_payload(1 + n % 4000, static_cast<std::uint32_t>(t) * 1000000 + n);
-                    if (c.echo(m, milliseconds(5000)) != m) ADD_FAILURE() << "wrong echo, thread " << t;
-                    ++echoes;
-                }
-            } catch (const std::exception& e) {
-                // The server closing this connection under us is expected once stop()
-                // has begun, and only then.
-                if (!stop_began) ADD_FAILURE() << "thread " << t << ", before stop(): " << e.what();
-            }
-        });
-    }
-    const bool loaded = testsupport::eventually([&] { return connected == kClients && echoes >= 2000; },
-                                                std::chrono::seconds(60));
-    stop_began = true;
+    testsupport::EchoLoad load(at, kClients, kThreads);
+    const bool loaded = load.wait_until_running(2000);
+    load.server_stopping();
     const auto stop_began_at = std::chrono::steady_clock::now();
     testsupport::finishes_within(milliseconds(30000), "stop() under load", [&] { server->stop(); });
     const auto stop_ms =
         std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - stop_began_at).count();
-    done = true;
-    for (auto& t : threads) t.join();
-    ASSERT_TRUE(loaded) << "the load never got going: " << connected << " connected, " << echoes << " echoes";
+    load.finish();
+    ASSERT_TRUE(loaded) << "the load never got going: " << load.connected() << " connected, " << load.echoes()
+                        << " echoes";
     EXPECT_EQ(0u, server->operations_in_flight()) << counters(*server);
     EXPECT_EQ(0u, server->live_connections()) << counters(*server);
     EXPECT_EQ(0u, server->live_contexts()) << counters(*server);

@@ -1,0 +1,124 @@
+#include "load.h"
+
+#include <gtest/gtest.h>
+
+#include <cstddef>
+#include <exception>
+#include <stdexcept>
+#include <string>
+
+#include "test_support.h"
+
+namespace testsupport {
+
+using std::chrono::milliseconds;
+
+std::vector<iocp::TestClient> connect_burst(const iocp::Endpoint& at, int count, int threads, int& echoed) {
+    const int per_thread = count / threads;
+    std::vector<std::vector<iocp::TestClient>> clients(static_cast<std::size_t>(threads));
+    std::atomic<int> right{0};
+    finishes_within(milliseconds(120000), "a burst of clients", [&] {
+        std::vector<std::thread> workers;
+        for (int t = 0; t < threads; ++t) {
+            workers.emplace_back([&, t] {
+                auto payload = [&](int i) {
+                    const auto n = static_cast<std::uint32_t>(t * per_thread + i);
+                    return make_payload(1 + (n * 37) % 6000, n);
+                };
+                auto& mine = clients[static_cast<std::size_t>(t)];
+                try {
+                    for (int i = 0; i < per_thread; ++i) {
+                        mine.push_back(iocp::TestClient::connect(at, milliseconds(30000)));
+                        mine.back().send(payload(i), milliseconds(30000));
+                    }
+                    for (int i = 0; i < per_thread; ++i) {
+                        const std::string expected = payload(i);
+                        if (same_bytes(expected, mine[static_cast<std::size_t>(i)].recv_exact(expected.size(),
+                                                                                            milliseconds(30000))))
+                            ++right;
+                        else
+                            ADD_FAILURE() << "thread " << t << ", client " << i << ": wrong echo";
+                    }
+                } catch (const std::exception& e) {
+                    ADD_FAILURE() << "thread " << t << ": " << e.what();
+                }
+            });
+        }
+        for (auto& w : workers) w.join();
+    });
+    echoed = right;
+    std::vector<iocp::TestClient> all;
+    for (auto& mine : clients)
+        for (auto& c : mine) all.push_back(std::move(c));
+    return all;
+}
+
+std::vector<iocp::TestClient> stalled_hogs(const iocp::Endpoint& at, int count) {
+    constexpr std::size_t kLimit = 64u << 20;
+    std::vector<iocp::TestClient> hogs;
+    for (int i = 0; i < count; ++i) {
+        hogs.push_back(iocp::TestClient::connect(at));
+        if (hogs.back().echo("hi") != "hi") throw std::runtime_error("hog " + std::to_string(i) + ": wrong echo");
+    }
+    // Push until no hog has taken a byte for 300 ms (or one reached 64 MiB): the socket
+    // buffers absorb a few megabytes sent once, and the server's send would not be stuck.
+    const std::string megabyte = make_payload(1u << 20, 5);
+    std::vector<std::size_t> pushed(hogs.size(), 0);
+    for (int idle_rounds = 0; idle_rounds < 3;) {
+        std::size_t moved = 0;
+        for (std::size_t i = 0; i < hogs.size(); ++i) {
+            if (pushed[i] >= kLimit) continue;
+            const std::size_t n = hogs[i].send_some(megabyte);
+            pushed[i] += n;
+            moved += n;
+        }
+        if (moved == 0) {
+            ++idle_rounds;
+            std::this_thread::sleep_for(milliseconds(100));
+        } else {
+            idle_rounds = 0;
+        }
+    }
+    for (std::size_t i = 0; i < hogs.size(); ++i)
+        if (pushed[i] >= kLimit) throw std::runtime_error("hog " + std::to_string(i) + " took 64 MiB and never stalled");
+    return hogs;
+}
+
+EchoLoad::EchoLoad(const iocp::Endpoint& at, int clients, int threads)
+    : clients_(clients), per_thread_(static_cast<std::size_t>(threads)) {
+    const int per_thread = clients / threads;
+    for (int t = 0; t < threads; ++t) {
+        threads_.emplace_back([this, at, t, per_thread] {
+            auto& mine = per_thread_[static_cast<std::size_t>(t)];
+            try {
+                for (int i = 0; i < per_thread; ++i) {
+                    mine.push_back(iocp::TestClient::connect(at));
+                    if (mine.back().echo("x") != "x") ADD_FAILURE() << "wrong echo, thread " << t;
+                    ++connected_;
+                }
+                for (std::uint32_t n = 0; !done_; ++n) {
+                    auto& c = mine[n % mine.size()];
+                    const std::string m = make_payload(1 + n % 4000, static_cast<std::uint32_t>(t) * 1000000 + n);
+                    if (c.echo(m, milliseconds(5000)) != m) ADD_FAILURE() << "wrong echo, thread " << t;
+                    ++echoes_;
+                }
+            } catch (const std::exception& e) {
+                // The server closing this connection under us is expected once it is
+                // stopping, and only then.
+                if (!stopping_) ADD_FAILURE() << "thread " << t << ", before the server stopped: " << e.what();
+            }
+        });
+    }
+}
+
+bool EchoLoad::wait_until_running(std::uint64_t echoes) {
+    return eventually([&] { return connected_ == clients_ && echoes_ >= echoes; }, std::chrono::seconds(60));
+}
+
+void EchoLoad::finish() {
+    done_ = true;
+    for (auto& t : threads_)
+        if (t.joinable()) t.join();
+}
+
+}  // namespace testsupport

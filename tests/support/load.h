@@ -1,0 +1,61 @@
+// tests/support/load.h - client loads that several chapters' tests drive against a
+// server: a burst of clients arriving at once, clients that push and never read until
+// the server stops taking their bytes, and a background echo load that a test stops
+// the server under.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <thread>
+#include <vector>
+
+#include "iocp/net.h"
+#include "iocp/test_client.h"
+
+namespace testsupport {
+
+/// `count` clients connect from `threads` threads, each sending its own payload (1 to
+/// 6000 bytes) the moment it is connected; then each reads its echo back, byte-checked.
+/// A wrong or missing echo is a test failure. Returns the clients, still connected;
+/// `echoed` says how many came back right. Bounded by a 120 s watchdog.
+std::vector<iocp::TestClient> connect_burst(const iocp::Endpoint& at, int count, int threads, int& echoed);
+
+/// `count` clients that each echo "hi" once, then push megabytes and never read, until
+/// none has taken a byte for 300 ms: the server's send to each is stuck, with the next
+/// chunk waiting behind it. Throws if a client took 64 MiB without stalling.
+std::vector<iocp::TestClient> stalled_hogs(const iocp::Endpoint& at, int count);
+
+/// `clients` clients on `threads` threads: each connects and echoes "x", then they echo
+/// payloads of 1 to 4000 bytes round-robin until finish(). Every echo is byte-checked.
+/// The server closing a connection is a failure until server_stopping() is called.
+/// The clients outlive their threads: none closes before the server closes it.
+class EchoLoad {
+public:
+    EchoLoad(const iocp::Endpoint& at, int clients, int threads);
+    ~EchoLoad() { finish(); }
+    EchoLoad(const EchoLoad&) = delete;
+    EchoLoad& operator=(const EchoLoad&) = delete;
+
+    /// Waits (at most 60 s) until every client is connected and `echoes` round trips
+    /// are done; false if the load never got there.
+    bool wait_until_running(std::uint64_t echoes);
+    /// From now on a closed connection is expected.
+    void server_stopping() { stopping_ = true; }
+    /// Stops the threads and joins them.
+    void finish();
+
+    int connected() const { return connected_; }
+    std::uint64_t echoes() const { return echoes_; }
+
+private:
+    int clients_;
+    std::vector<std::vector<iocp::TestClient>> per_thread_;
+    std::atomic<int> connected_{0};
+    std::atomic<std::uint64_t> echoes_{0};
+    std::atomic<bool> done_{false};
+    std::atomic<bool> stopping_{false};
+    std::vector<std::thread> threads_;
+};
+
+}  // namespace testsupport
