@@ -309,15 +309,12 @@ void EchoServer::worker_loop(Worker& w) {
         const DWORD error = ok ? ERROR_SUCCESS : GetLastError();
         //! [matrix]
         if (overlapped == nullptr) {
-            if (!ok) {
-                // FALSE, no OVERLAPPED: nothing was dequeued. WAIT_TIMEOUT if a finite
-                // timeout ran out (ours is INFINITE), or the port is gone
-                // (ERROR_ABANDONED_WAIT_0: closed under us; Wine 8 does not even wake
-                // us then). There is nothing to wait on: this worker leaves.
-                std::cerr << "ch08: GetQueuedCompletionStatus failed: " << error << " "
-                          << iocp::error_text(static_cast<int>(error)) << "; this worker leaves\n";
-                return;
-            }
+            // FALSE, no OVERLAPPED: nothing was dequeued. With INFINITE this is not a
+            // timeout: the port itself failed (ERROR_ABANDONED_WAIT_0: closed under us;
+            // Wine 8 does not even wake us then). As in chapter 7, the process stops
+            // loudly: a worker that quietly left would leave its share of the
+            // completions, and stop()'s drain, waiting forever.
+            if (!ok) fatal("GetQueuedCompletionStatus", error);
             // TRUE, no OVERLAPPED: a packet we posted ourselves. The exit packet: this
             // worker leaves, and takes no other packet (stop() posts one per worker).
             if (key == kExitKey) return;

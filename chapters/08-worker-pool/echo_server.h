@@ -202,8 +202,10 @@ private:
     void close_all(Worker& w);
 #endif
 
+    //! [idle]
     // A connection is freed when it is closing and nothing of it is in flight.
     static bool idle(const Connection& c) { return !c.receiving && c.sending == 0; }
+    //! [idle]
 
     iocp::Endpoint where_;
     Limits limits_;

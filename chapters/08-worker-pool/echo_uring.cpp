@@ -100,7 +100,7 @@ void EchoServer::start() {
         params.flags = IORING_SETUP_CQSIZE | IORING_SETUP_CLAMP;
         params.cq_entries = static_cast<unsigned>(needed);
         if (const int rc = io_uring_queue_init_params(kRingEntries, &w.ring, &params); rc < 0) {
-            // EINVAL: a kernel older than 5.6 knows neither flag. ENOMEM: before Linux 5.12
+            // EINVAL: a kernel older than 5.6 lacks CLAMP (5.5 added CQSIZE). ENOMEM: before Linux 5.12
             // the rings' memory counts against RLIMIT_MEMLOCK (ulimit -l).
             throw iocp::SystemError(rc == -EINVAL   ? "io_uring_queue_init_params (Linux 5.6 or later needed)"
                                     : rc == -ENOMEM ? "io_uring_queue_init_params (locked memory: see ulimit -l)"

@@ -45,7 +45,8 @@ int main(int argc, char** argv) {
         std::cout << server.threads() << " worker threads" << std::endl;
         std::cout << "listening on " << iocp::to_string({where.host, server.port()}) << std::endl;
         const std::string why = stop_signal.wait();
-        std::cout << why << ": stopping after " << server.connections_served() << " connection(s)" << std::endl;
+        std::cout << why << ": stopping with " << server.live_connections() << " connection(s) open, "
+                  << server.connections_served() << " closed before" << std::endl;
         server.stop();
         std::cout << "connections: " << server.peer_closes() << " closed by the peer (FIN), "
                   << server.reset_by_peer() << " reset by the peer, " << server.closed_by_us() << " closed by us; "
