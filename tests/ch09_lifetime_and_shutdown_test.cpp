@@ -496,6 +496,41 @@ TEST(Ch09Stop, StopUnderLoadFromTwoHundredClientsLeavesNothingBehind) {
 }
 //! [stop-under-load]
 
+//! [drain-runs-out]
+// An operation that never comes home. The test hook makes the next connection count one
+// operation more than it started, as a kernel that kept a request would. stop() must
+// still return (a watchdog bound, not a timing assertion), once its drain_timeout has
+// run out, having abandoned exactly that connection: parked, never freed, its counts
+// left as they were. Every other connection was closed and freed as usual.
+TEST(Ch09Stop, ADrainThatRunsOutOfTimeAbandonsOnlyWhatNeverCameHome) {
+    ch09::Limits limits = with_threads(2);
+    limits.drain_timeout = milliseconds(300);
+    CH09_START_SERVER(server, limits);
+    const iocp::Endpoint at{"127.0.0.1", server->port()};
+    auto before = TestClient::connect(at);
+    ASSERT_EQ("before", before.echo("before"));
+    server->hold_next_operation();
+    auto held = TestClient::connect(at);
+    ASSERT_EQ("held", held.echo("held"));
+    auto after = TestClient::connect(at);
+    ASSERT_EQ("after", after.echo("after"));
+    // Three receives pending, and the one that will never come home.
+    ASSERT_TRUE(testsupport::eventually([&] { return server->operations_in_flight() == 4; })) << counters(*server);
+
+    testsupport::finishes_within(milliseconds(20000), "stop() with an operation that never comes home",
+                                 [&] { server->stop(); });
+    EXPECT_EQ(1u, server->operations_abandoned()) << counters(*server);
+    EXPECT_EQ(1u, server->operations_in_flight()) << "only the held operation is left: " << counters(*server);
+    EXPECT_EQ(1u, server->live_connections()) << "the abandoned connection is parked, not freed: " << counters(*server);
+    EXPECT_EQ(2u, server->live_contexts()) << "its receive and its send context: " << counters(*server);
+    EXPECT_EQ(2u, server->connections_served()) << "the other two were freed: " << counters(*server);
+    EXPECT_EQ(TestClient::Closed::kEof, before.wait_closed());
+    EXPECT_EQ(TestClient::Closed::kEof, after.wait_closed());
+    server->stop();  // a second stop() is a no-op, even after an abandon
+    EXPECT_EQ(1u, server->operations_abandoned());
+}
+//! [drain-runs-out]
+
 // A server that was never started stops at once, and one that was destroyed without
 // stop() stops in its destructor: with a client connected and its receive pending.
 TEST(Ch09Stop, StopBeforeStartAndDestructionWithoutStopAreClean) {

