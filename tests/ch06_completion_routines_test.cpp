@@ -349,3 +349,24 @@ TEST(Ch06Server, TinyBufferStillEchoesEveryByteInOrder) {
     EXPECT_GE(server.routines_run(), 2u * 4u * 20000u / 7u);
     EXPECT_EQ(0u, server.routines_on_other_threads());
 }
+
+// The Wine safety net in loop(): accept() is also tried whenever 250 ms have passed
+// without a try, whatever ended the wait. One client echoes back to back for 1.5 s, so
+// a routine ends a wait every few milliseconds; the unsignalled tries must keep their
+// pace all the same. (A fresh 250 ms timeout for every wait never expired here.)
+TEST(Ch06Server, AcceptRecheckKeepsItsPaceWhileRoutinesKeepArriving) {
+    ch06::EchoServer server({"127.0.0.1", 0});
+    server.start();
+    auto client = TestClient::connect({"127.0.0.1", server.port()});
+    ASSERT_EQ("warm", client.echo("warm"));
+    const std::uint64_t rechecks_before = server.accept_rechecks();
+    const std::uint64_t routines_before = server.routines_run();
+    const auto until = std::chrono::steady_clock::now() + milliseconds(1500);
+    int echoes = 0;
+    while (std::chrono::steady_clock::now() < until) {
+        ASSERT_EQ("ping", client.echo("ping"));
+        ++echoes;
+    }
+    EXPECT_GE(server.accept_rechecks() - rechecks_before, 2u)
+        << echoes << " echoes, " << server.routines_run() - routines_before << " routines in 1.5 s";
+}

@@ -80,10 +80,13 @@ bool pump(Connection& c) {
         if (!c.pending.empty()) return true;    // the client reads slowly: stop reading (flow control)
         if (c.peer_done) return false;          // FIN came and everything is echoed: close
         if (round == kMaxRoundsPerTurn) {       // fairness: the other sockets get a turn
-            // Come back next round. A successful recv() re-enables FD_READ only while
-            // the connection is open: if FD_CLOSE was already reported (once, never
-            // again) and this recv() took exactly the last bytes before the FIN, no
-            // network event would ever set the event again.
+            // Come back next round, whatever Winsock records: a defensive measure.
+            // This recv() re-enabled FD_READ, but WSAEventSelect's page says the end
+            // of a connection is recorded only as FD_CLOSE, never as FD_READ, and
+            // FD_CLOSE only once. If FD_CLOSE was reported before this recv() took
+            // exactly the last bytes before the FIN, nothing on that page promises
+            // another event. (Wine 8 records FD_CLOSE only after the last byte is
+            // read, so there the case never arises.)
             WSASetEvent(c.event.get());
             return true;
         }
@@ -152,6 +155,11 @@ EchoServer::Group::Group(EchoServer& server) : server_(server), wake_(WSACreateE
     thread_ = std::thread([this] { run(); });
 }
 
+//! [adopt-stop]
+// From the accepting thread. closed_ is read under the lock the group's thread takes
+// to set it on its way out, so a socket either lands in the inbox while the thread
+// will still look there (and serve it, or close it as it leaves), or is refused and
+// stays with the caller.
 bool EchoServer::Group::adopt(Connection& c) {
     {
         std::lock_guard<std::mutex> lock(inbox_mutex_);
@@ -169,6 +177,7 @@ void EchoServer::Group::stop() {
     WSASetEvent(wake_.get());  // the thread sees leaving_ and leaves
     thread_.join();
 }
+//! [adopt-stop]
 
 //! [group-loop]
 void EchoServer::Group::run() {

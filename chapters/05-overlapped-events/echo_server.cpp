@@ -27,10 +27,11 @@ constexpr std::size_t kMaxBufferSize = std::size_t{1} << 30;  // a WSABUF length
 void log_error(const char* call, int code) { std::cerr << "ch05: " << iocp::SystemError(call, code).what() << "\n"; }
 
 // The index of the first signalled event at or after `from`, or events.size().
-// WSAWaitForMultipleEvents reports only the LOWEST signalled index; a server that
-// served only that one would let a busy connection in slot 1 starve the rest.
-// Microsoft's remarks for the function suggest exactly this: wait again, with a zero
-// timeout, on the events after the one reported. (The same helper as chapter 4's.)
+// WSAWaitForMultipleEvents reports only the LOWEST signalled index (its Remarks: it
+// checks the handles in order from index 0); a server that served only that one would
+// let a busy connection in slot 1 starve the rest. Microsoft's page stops there; the
+// remedy is ours: wait again, with a zero timeout, on the events after the one
+// reported. (The same helper as chapter 4's.)
 //! [next-signalled]
 std::size_t next_signalled(const std::vector<WSAEVENT>& events, std::size_t from) {
     if (from >= events.size()) return events.size();
@@ -108,6 +109,7 @@ private:
     std::mutex inbox_mutex_;
     std::vector<iocp::UniqueSocket> inbox_;     // handed over, not yet adopted by the thread
     bool closed_ = false;                       // under inbox_mutex_: the thread has left
+    std::atomic<bool> leaving_{false};          // set by stop(): this group's own signal to leave
     std::atomic<std::size_t> load_{0};          // connections + inbox: how full, for the acceptor
     std::vector<std::unique_ptr<Connection>> connections_;  // the group's thread only
     std::thread thread_;                        // last: starts once everything above exists
@@ -132,9 +134,12 @@ bool EchoServer::Group::adopt(iocp::UniqueSocket& client) {
     return true;
 }
 
+// The group's own flag, not the server's stopping_: a group destroyed on its own (in
+// hand_over(), when storing it throws) must make its thread leave too, or join for ever.
 void EchoServer::Group::stop() {
     if (!thread_.joinable()) return;
-    WSASetEvent(wake_.get());  // the thread sees server_.stopping_, drains and leaves
+    leaving_ = true;
+    WSASetEvent(wake_.get());  // the thread sees leaving_, drains and leaves
     thread_.join();
 }
 
@@ -144,7 +149,7 @@ void EchoServer::Group::run() {
     std::vector<bool> closing;
     std::vector<iocp::UniqueSocket> adopted;
     adopted.reserve(kSocketsPerGroup);  // swapped with inbox_: both keep room for a full group
-    while (!server_.stopping_) {
+    while (!leaving_) {
         // Slot 0 is the wake-up event; slot i + 1 is connections_[i]'s operation's event.
         events.assign(1, wake_.get());
         for (const auto& c : connections_) events.push_back(c->op.event.get());
@@ -190,6 +195,9 @@ void EchoServer::Group::run() {
 }
 //! [group-loop]
 
+//! [start-connection]
+// On the group's thread: a handed-over socket gets its Connection, buffer and event,
+// and its first receive. Whatever is missing, the client is closed at once.
 void EchoServer::Group::start_connection(iocp::UniqueSocket socket) {
     std::unique_ptr<Connection> c;
     try {
@@ -216,6 +224,7 @@ void EchoServer::Group::start_connection(iocp::UniqueSocket socket) {
         connections_.pop_back();
     }
 }
+//! [start-connection]
 
 //! [post]
 // Hands op to the kernel. From the call until on_completion() or close_connection()
@@ -272,12 +281,14 @@ bool EchoServer::Group::started(Operation& op, int rc, const char* call) {
     if (!iocp::is_disconnect_error(err)) log_error(call, err);
     return false;
 }
-//! [post]
 
+// begin()'s mirror: the operation has been collected (or never started), and the
+// buffer and the OVERLAPPED are ours again.
 void EchoServer::Group::finish(Operation& op) {
     op.in_flight = false;
     --server_.in_flight_;
 }
+//! [post]
 
 //! [complete]
 // op's event is signalled: collect the result, and with it the buffer and the OVERLAPPED.
@@ -304,6 +315,10 @@ bool EchoServer::Group::on_completion(Connection& c) {
         c.filled = bytes;
         c.sent = 0;
         return post_send(c);
+    }
+    if (bytes == 0) {  // a send that moved nothing would loop forever
+        std::cerr << "ch05: WSASend completed with 0 bytes; closing\n";
+        return false;
     }
     c.sent += bytes;
     if (c.sent < c.filled) return post_send(c);  // a partial send: post the rest

@@ -18,8 +18,8 @@ namespace {
 
 constexpr std::chrono::milliseconds kAcceptBackoff{100};
 constexpr std::chrono::milliseconds kDrainLimit{10000};
-// How long the loop waits before trying accept() even though FD_ACCEPT was not
-// signalled. Windows never needs this; Wine 8 does (see the comment in loop()).
+// How long the loop goes without an accept() call before it tries one even though
+// FD_ACCEPT was not signalled. Windows never needs this; Wine 8 does (see loop()).
 constexpr std::chrono::milliseconds kAcceptRecheck{250};
 
 std::string win32_error(const char* call, DWORD code) {
@@ -59,37 +59,48 @@ void EchoServer::start() {
 
 //! [loop]
 void EchoServer::loop() {
+    using Clock = std::chrono::steady_clock;
     io_thread_ = GetCurrentThreadId();  // every WSARecv/WSASend is issued by this thread
+    // When to try accept() even though FD_ACCEPT was not signalled (Windows never needs
+    // it; Wine 8 does, see below). A deadline, not a fresh timeout for every wait: on a
+    // busy server a routine ends nearly every wait early, and a timeout restarted each
+    // time would never expire.
+    auto recheck_at = Clock::now() + kAcceptRecheck;
     for (;;) {
         // Two handles, however many clients: a routine needs no handle at all. While
         // accept() is out of resources the listener sits out (its event would stay set).
-        const auto now = std::chrono::steady_clock::now();
+        const auto now = Clock::now();
         const bool accepting = now >= accept_paused_until_;
+        const auto wake_at = accepting ? recheck_at : accept_paused_until_;
         const WSAEVENT events[2] = {stop_event_.get(), accept_event_.get()};
-        const DWORD timeout = static_cast<DWORD>(
-            accepting ? kAcceptRecheck.count()
-                      : std::chrono::ceil<std::chrono::milliseconds>(accept_paused_until_ - now).count());
+        const DWORD timeout = wake_at <= now ? 0 : static_cast<DWORD>(
+            std::chrono::ceil<std::chrono::milliseconds>(wake_at - now).count());
         // fAlertable = TRUE: the routines queued to this thread run here, inside this
         // call, which then returns WSA_WAIT_IO_COMPLETION (WSAWaitForMultipleEvents,
-        // fAlertable). Wine 8 does the same. The routines did their work already, so
-        // there is nothing left to do but wait again.
+        // fAlertable); they have done their work by then. If an event is already set,
+        // the call may return that instead and leave the routines queued for the next
+        // alertable wait, one turn later (Wine 8 does; Microsoft's page does not say).
         const DWORD rc = WSAWaitForMultipleEvents(accepting ? 2 : 1, events, FALSE, timeout, TRUE);
-        if (rc == WSA_WAIT_IO_COMPLETION) continue;
         if (rc == WSA_WAIT_EVENT_0) break;  // stop()
-        // A timeout while accepting means: try accept() anyway. Windows never needs it.
+        if (rc == WSA_WAIT_FAILED) {
+            std::cerr << "ch06: " << win32_error("WSAWaitForMultipleEvents", static_cast<DWORD>(WSAGetLastError())) << "\n";
+            break;
+        }
+        // Routines ran, FD_ACCEPT was signalled, or the wait timed out. Accept on the
+        // signal, and also whenever recheck_at has passed, whatever ended the wait.
         // Wine 8 can lose FD_ACCEPT for good: when its server handles a stale "listener
         // readable" after our accept() already took that client, it marks FD_ACCEPT as
         // reported, and only a *successful* accept() clears that mark again, whereas
         // Windows re-enables the event after any accept() call, even a failed one
         // (WSAEventSelect, Remarks). Left alone, the clients after that wait forever.
-        // The retry costs one failed accept() per kAcceptRecheck while idle.
-        if (rc == WSA_WAIT_EVENT_0 + 1 || (rc == WSA_WAIT_TIMEOUT && accepting)) {
+        // The retry costs one failed accept() per kAcceptRecheck.
+        const bool signalled = rc == WSA_WAIT_EVENT_0 + 1;
+        const auto after = Clock::now();
+        if (after >= accept_paused_until_ && (signalled || after >= recheck_at)) {
+            if (!signalled) ++accept_rechecks_;
             accept_clients();
-            continue;
+            recheck_at = Clock::now() + kAcceptRecheck;
         }
-        if (rc == WSA_WAIT_TIMEOUT) continue;  // the accept pause is over
-        std::cerr << "ch06: " << win32_error("WSAWaitForMultipleEvents", static_cast<DWORD>(WSAGetLastError())) << "\n";
-        break;
     }
     drain();
 }

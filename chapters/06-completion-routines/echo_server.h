@@ -64,6 +64,9 @@ public:
     std::uint64_t routines_on_other_threads() const { return routines_elsewhere_.load(); }
     /// The Win32 id of the one thread that issues every operation (0 before start()).
     DWORD io_thread_id() const { return io_thread_.load(); }
+    /// accept() tries made because 250 ms had passed without one, not because FD_ACCEPT
+    /// was signalled: the safety net for Wine's lost FD_ACCEPT (see loop()).
+    std::uint64_t accept_rechecks() const { return accept_rechecks_.load(); }
 
 private:
     struct Connection;
@@ -117,6 +120,7 @@ private:
     std::atomic<std::uint64_t> routines_run_{0};
     std::atomic<std::uint64_t> routines_cancelled_{0};
     std::atomic<std::uint64_t> routines_elsewhere_{0};
+    std::atomic<std::uint64_t> accept_rechecks_{0};
 
     std::list<Connection> connections_;  // touched by the I/O thread only (routines too)
     std::chrono::steady_clock::time_point accept_paused_until_{};  // I/O thread only
