@@ -38,12 +38,21 @@ run_ctest_flavour() {
         tail -n 50 "$root/build/$preset-build.log"; record "$preset" FAIL 0 0 $((SECONDS - start)); failed=1; return
     fi
     echo "=== $preset: ctest"
+    local own_wineserver=0
+    if [ "$preset" = mingw-wine ]; then
+        if bash cmake/wine-run.sh --start-server; then
+            own_wineserver=1
+        else
+            echo "mingw-wine: no wineserver of our own (one is running already?); the tests use whatever Wine starts"
+        fi
+    fi
     ctest --preset "$preset" -j "$jobs" 2>&1 | tee "$log" | grep -E '^ *[0-9]+/[0-9]+ Test|tests passed|Skipped|Failed|\*\*\*' | grep -vE 'Passed' || true
     local line passed fails total
     line=$(grep -E '[0-9]+% tests passed, [0-9]+ tests? failed out of [0-9]+' "$log" | tail -n 1)
     total=$(sed -E 's/.* out of ([0-9]+).*/\1/' <<<"$line")
     fails=$(sed -E 's/.*passed, ([0-9]+) tests? failed.*/\1/' <<<"$line")
     if [ -z "$line" ] || [ "${total:-0}" -eq 0 ]; then
+        [ "$own_wineserver" -eq 1 ] && bash cmake/wine-run.sh --stop-server
         echo "$preset: no test ran"; record "$preset" FAIL 0 0 $((SECONDS - start)); failed=1; return
     fi
     # A test program that never started is not a failing test: a process that could not
@@ -73,6 +82,7 @@ run_ctest_flavour() {
             fi
         fi
     fi
+    [ "$own_wineserver" -eq 1 ] && bash cmake/wine-run.sh --stop-server
     passed=$((total - fails))
     total_passed=$((total_passed + passed)); total_failed=$((total_failed + fails))
     local status=ok
