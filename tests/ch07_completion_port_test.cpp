@@ -932,23 +932,8 @@ TEST(Ch07EchoServer, AcceptPausesWhenDescriptorsRunOutThenServesTheWaitingClient
     const iocp::Endpoint at{"127.0.0.1", server->port()};
     auto early = TestClient::connect(at);
     ASSERT_EQ("early", early.echo("early"));
-
-    // One free descriptor: for the client's socket, none for the server's.
-    testsupport::DescriptorShortage shortage(1);
-    const auto shortage_began = std::chrono::steady_clock::now();
-    auto late = TestClient::connect(at);
-    late.send("late");
-    std::this_thread::sleep_for(milliseconds(300));  // the server meets EMFILE, pauses, retries
-    EXPECT_EQ("still", early.echo("still")) << "the shortage stopped service for a connected client";
-    const std::uint64_t failures = server->accept_failures();
-    const auto shortage_ms =
-        std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - shortage_began).count();
-    shortage.end();
-    std::cout << "[ info     ] accepts failed during the " << shortage_ms << " ms shortage: " << failures << "\n";
-    EXPECT_GE(failures, 1u) << "the server never ran out of descriptors: the test did not test";
-    EXPECT_LE(failures, static_cast<std::uint64_t>(2 + shortage_ms / 100))
-        << "the server retried a failing accept without pausing";
-    EXPECT_EQ("late", late.recv_exact(4)) << "the client that waited through the shortage was not served";
+    testsupport::expect_accept_to_pause_through_a_shortage(at, {&early},
+                                                        [&] { return server->accept_failures(); });
 }
 //! [emfile]
 #endif

@@ -454,23 +454,7 @@ TEST(Ch08EchoServer, AcceptPausesWhenDescriptorsRunOutThenServesTheWaitingClient
     ASSERT_EQ("early", early.echo("early"));
     auto early2 = TestClient::connect(at);  // dealt to the other worker
     ASSERT_EQ("early2", early2.echo("early2"));
-
-    // One free descriptor: for the client's socket, none for the server's.
-    testsupport::DescriptorShortage shortage(1);
-    const auto shortage_began = std::chrono::steady_clock::now();
-    auto late = TestClient::connect(at);
-    late.send("late");
-    std::this_thread::sleep_for(milliseconds(300));  // the server meets EMFILE, pauses, retries
-    EXPECT_EQ("still", early.echo("still")) << "the shortage stopped service for a connected client";
-    EXPECT_EQ("still2", early2.echo("still2")) << "the shortage stopped service on the other worker";
-    const std::uint64_t failures = server->accept_failures();
-    const auto shortage_ms =
-        std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - shortage_began).count();
-    shortage.end();
-    std::cout << "[ info     ] accepts failed during the " << shortage_ms << " ms shortage: " << failures << "\n";
-    EXPECT_GE(failures, 1u) << "the server never ran out of descriptors: the test did not test";
-    EXPECT_LE(failures, static_cast<std::uint64_t>(2 + shortage_ms / 100))
-        << "the server retried a failing accept without pausing";
-    EXPECT_EQ("late", late.recv_exact(4)) << "the client that waited through the shortage was not served";
+    testsupport::expect_accept_to_pause_through_a_shortage(at, {&early, &early2},
+                                                        [&] { return server->accept_failures(); });
 }
 #endif

@@ -4,6 +4,7 @@
 
 #include <cstddef>
 #include <exception>
+#include <iostream>
 #include <stdexcept>
 #include <string>
 
@@ -120,5 +121,29 @@ void EchoLoad::finish() {
     for (auto& t : threads_)
         if (t.joinable()) t.join();
 }
+
+#ifndef _WIN32
+void expect_accept_to_pause_through_a_shortage(const iocp::Endpoint& at,
+                                               const std::vector<iocp::TestClient*>& connected,
+                                               const std::function<std::uint64_t()>& accept_failures) {
+    // One free descriptor: for the client's socket, none for the server's.
+    DescriptorShortage shortage(1);
+    const auto shortage_began = std::chrono::steady_clock::now();
+    auto late = iocp::TestClient::connect(at);
+    late.send("late");
+    std::this_thread::sleep_for(milliseconds(300));  // the server meets EMFILE, pauses, retries
+    for (std::size_t i = 0; i < connected.size(); ++i)
+        EXPECT_EQ("still", connected[i]->echo("still")) << "the shortage stopped service for client " << i;
+    const std::uint64_t failures = accept_failures();
+    const auto shortage_ms =
+        std::chrono::duration_cast<milliseconds>(std::chrono::steady_clock::now() - shortage_began).count();
+    shortage.end();
+    std::cout << "[ info     ] accepts failed during the " << shortage_ms << " ms shortage: " << failures << "\n";
+    EXPECT_GE(failures, 1u) << "the server never ran out of descriptors: the test did not test";
+    EXPECT_LE(failures, static_cast<std::uint64_t>(2 + shortage_ms / 100))
+        << "the server retried a failing accept without pausing";
+    EXPECT_EQ("late", late.recv_exact(4)) << "the client that waited through the shortage was not served";
+}
+#endif
 
 }  // namespace testsupport

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <thread>
 #include <vector>
 
@@ -57,5 +58,16 @@ private:
     std::atomic<bool> stopping_{false};
     std::vector<std::thread> threads_;
 };
+
+#ifndef _WIN32
+/// The descriptor-shortage check of the completion chapters. The process runs out of
+/// descriptors while `late` connects and sends "late"; every client in `connected`
+/// must still get its echo, `accept_failures()` must show a server that pauses 100 ms
+/// between tries (at most one failure per 100 ms, plus the first) rather than one that
+/// spins, and `late` must be served once descriptors are back.
+void expect_accept_to_pause_through_a_shortage(const iocp::Endpoint& at,
+                                               const std::vector<iocp::TestClient*>& connected,
+                                               const std::function<std::uint64_t()>& accept_failures);
+#endif
 
 }  // namespace testsupport
