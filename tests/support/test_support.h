@@ -1,6 +1,7 @@
 // tests/support - helpers every test file shares: payloads, byte comparison that
 // reports where two buffers differ, a watchdog that turns a hang into a failure,
-// and process resource counts for leak checks.
+// process resource counts for leak checks, and (Linux) a descriptor shortage on
+// demand. Client loads live in load.h; starting a twin or skipping, in twin_support.h.
 #pragma once
 
 #include <gtest/gtest.h>
