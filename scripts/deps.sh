@@ -7,11 +7,13 @@ set -euo pipefail
 
 packages=(
     cmake ninja-build g++ pkg-config        # the native build
+    clang                                   # a second compiler (scripts/test.sh's clang flavour)
     libgtest-dev googletest                 # GoogleTest: built library + sources (for mingw)
     g++-mingw-w64-x86-64-posix              # the Windows build (posix threads for std::thread)
     wine64                                  # runs the Windows tests
     liburing-dev                            # the io_uring twins (chapters 7 on)
     doxygen graphviz                        # the docs and their diagrams
+    doxygen-awesome-css                     # the docs' theme (light and dark)
     diffutils                               # the docs' "what changed since the last chapter"
 )
 

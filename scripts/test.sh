@@ -2,8 +2,11 @@
 # Every test flavour, one after the other, then a summary:
 #   asan        native Linux, AddressSanitizer + UndefinedBehaviorSanitizer
 #   tsan        native Linux, ThreadSanitizer
+#   clang       native Linux built with clang, optimised (a second compiler)
 #   mingw-wine  the Win32 code built with mingw-w64, every test run under Wine
 #   docs        Doxygen with warnings as errors
+# Every build here treats compiler warnings as errors (the presets set
+# IOCP_WARNINGS_AS_ERRORS); a reader's own plain build does not.
 # Exits non-zero if anything fails, if a flavour ran no test, or if a flavour's tools
 # are missing (a missing Wine fails the run; it is never skipped quietly).
 #
@@ -16,7 +19,7 @@ root=$(pwd)
 bash scripts/deps.sh || exit 1
 
 flavours=("$@")
-[ ${#flavours[@]} -eq 0 ] && flavours=(asan tsan mingw-wine docs)
+[ ${#flavours[@]} -eq 0 ] && flavours=(asan tsan clang mingw-wine docs)
 jobs=$(nproc 2>/dev/null || echo 2)
 
 summary=()
@@ -126,7 +129,7 @@ run_docs() {
 mkdir -p build
 for f in "${flavours[@]}"; do
     case "$f" in
-        asan|tsan) run_ctest_flavour "$f" ;;
+        asan|tsan|clang) run_ctest_flavour "$f" ;;
         mingw-wine)
             if ! command -v x86_64-w64-mingw32-g++-posix >/dev/null || { [ ! -x /usr/lib/wine/wine64 ] && ! command -v wine64 >/dev/null; }; then
                 echo "mingw-wine: mingw-w64 or Wine is missing (scripts/deps.sh should have installed them)"
@@ -135,7 +138,7 @@ for f in "${flavours[@]}"; do
                 run_ctest_flavour mingw-wine
             fi ;;
         docs) run_docs ;;
-        *) echo "unknown flavour '$f' (asan, tsan, mingw-wine, docs)"; exit 2 ;;
+        *) echo "unknown flavour '$f' (asan, tsan, clang, mingw-wine, docs)"; exit 2 ;;
     esac
 done
 

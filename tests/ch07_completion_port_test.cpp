@@ -36,6 +36,7 @@ using std::chrono::milliseconds;
 #ifndef _WIN32
 using testsupport::io_uring_refused;
 #endif
+using testsupport::labelled_payload;
 using testsupport::make_payload;
 using testsupport::running_under_wine;
 using testsupport::too_few_descriptors;
@@ -725,10 +726,9 @@ TEST(Ch07EchoServer, ConcurrentClientsWithDistinctBinaryPayloadsNeverSeeEachOthe
         std::vector<std::string> payloads;
         for (std::uint32_t i = 0; i < clients.size(); ++i) {
             // Sizes from 17 KiB to 47 KiB; the first bytes name the client and the round.
-            std::string p = make_payload(17 * 1024 + (i * 151 + round * 977) % (30 * 1024), 100000 * round + i);
-            const std::string label = "c" + std::to_string(1000 + i) + "r" + std::to_string(round) + std::string("\0\xff", 2);
-            p.replace(0, label.size(), label);
-            payloads.push_back(std::move(p));
+            std::string label = "c";
+            label.append(std::to_string(1000 + i)).append("r").append(std::to_string(round)).append("\0\xff", 2);
+            payloads.push_back(labelled_payload(17 * 1024 + (i * 151 + round * 977) % (30 * 1024), 100000 * round + i, label));
         }
         for (std::size_t i = 0; i < clients.size(); ++i) clients[i].send(payloads[i]);
         for (std::size_t i = 0; i < clients.size(); ++i)

@@ -33,6 +33,7 @@
 
 using iocp::TestClient;
 using std::chrono::milliseconds;
+using testsupport::labelled_payload;
 using testsupport::make_payload;
 using testsupport::running_under_wine;
 using testsupport::too_few_descriptors;
@@ -236,9 +237,7 @@ TEST(Ch09Generation, TenThousandConnectEchoCloseCyclesLeaveEveryCounterAtZero) {
                 try {
                     for (int i = 0; i < kPerThread; ++i) {
                         const auto n = static_cast<std::uint32_t>(t * kPerThread + i);
-                        std::string m = make_payload(1 + n % 3000, n);
-                        const std::string label = "#" + std::to_string(n) + std::string("\0", 1);
-                        m.replace(0, std::min(label.size(), m.size()), label.substr(0, m.size()));
+                        const std::string m = labelled_payload(1 + n % 3000, n, std::string("#").append(std::to_string(n)).append(1, '\0'));
                         auto client = TestClient::connect(at);
                         if (!same_bytes(m, client.echo(m))) {
                             ADD_FAILURE() << "cycle " << n << ": wrong echo";

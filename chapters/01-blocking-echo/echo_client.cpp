@@ -19,7 +19,7 @@ namespace {
 // the server closed the connection first.
 bool recv_exact(iocp::socket_t s, char* out, std::size_t n) {
     while (n > 0) {
-        const int want = n > (1u << 30) ? (1 << 30) : static_cast<int>(n);
+        const auto want = static_cast<iocp::io_size_t>(n > (1u << 30) ? (1u << 30) : n);
         const auto got = ::recv(s, out, want, 0);
         if (got == 0) return false;                      // orderly close by the server
         if (got < 0) {

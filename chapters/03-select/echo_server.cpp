@@ -172,7 +172,7 @@ void EchoServer::accept_clients() {
 bool EchoServer::on_readable(Connection& c) {
     char buffer[kReadChunk];
     const std::size_t room = limits_.max_pending - c.pending.size();
-    const auto n = ::recv(c.socket.get(), buffer, static_cast<int>(room < sizeof buffer ? room : sizeof buffer), 0);
+    const auto n = ::recv(c.socket.get(), buffer, static_cast<iocp::io_size_t>(room < sizeof buffer ? room : sizeof buffer), 0);
     if (n == 0) {
         c.peer_done = true;  // FIN: no more input, but the echo of what came still goes out
         return true;
@@ -191,7 +191,7 @@ bool EchoServer::on_readable(Connection& c) {
 //! [flush]
 bool EchoServer::flush(Connection& c) {
     while (!c.pending.empty()) {
-        const auto n = ::send(c.socket.get(), c.pending.data(), static_cast<int>(c.pending.size()), kSendFlags);
+        const auto n = ::send(c.socket.get(), c.pending.data(), static_cast<iocp::io_size_t>(c.pending.size()), kSendFlags);
         if (n < 0) {
             const int err = iocp::last_socket_error();
             if (iocp::is_would_block(err)) return true;  // the rest goes when select() says writable

@@ -247,7 +247,7 @@ bool EchoServer::Group::on_network_events(Connection& c) {
     // recv() returns 0 (Microsoft: check for remaining data on FD_CLOSE).
     for (const int bit : {FD_READ_BIT, FD_WRITE_BIT, FD_CLOSE_BIT}) {
         const int err = happened.iErrorCode[bit];
-        if ((happened.lNetworkEvents & (1 << bit)) && err != 0) {
+        if ((happened.lNetworkEvents & (1L << bit)) && err != 0) {
             if (!iocp::is_disconnect_error(err)) std::cerr << "ch04: network event error: " << iocp::error_text(err) << "\n";
             return false;
         }

@@ -62,7 +62,7 @@ Ready wait_ready(socket_t s, bool want_read, bool want_write, Clock::time_point 
 
 // One non-blocking send; returns bytes taken (0 if the buffer is full).
 std::size_t try_send(socket_t s, std::string_view data) {
-    const int chunk = data.size() > (1u << 20) ? (1 << 20) : static_cast<int>(data.size());
+    const auto chunk = static_cast<io_size_t>(data.size() > (1u << 20) ? (1u << 20) : data.size());
     const auto n = ::send(s, data.data(), chunk, kSendFlags);
     if (n >= 0) return static_cast<std::size_t>(n);
     const int err = last_socket_error();
@@ -76,7 +76,7 @@ std::size_t try_send(socket_t s, std::string_view data) {
 // One non-blocking recv into `out`; returns false on EOF.
 bool try_recv(socket_t s, std::string& out, std::size_t max) {
     char buf[64 * 1024];
-    const int want = static_cast<int>(max < sizeof buf ? max : sizeof buf);
+    const auto want = static_cast<io_size_t>(max < sizeof buf ? max : sizeof buf);
     const auto n = ::recv(s, buf, want, 0);
     if (n > 0) {
         out.append(buf, static_cast<std::size_t>(n));

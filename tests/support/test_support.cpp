@@ -39,6 +39,12 @@ std::string make_payload(std::size_t size, std::uint32_t seed) {
     return out;
 }
 
+std::string labelled_payload(std::size_t size, std::uint32_t seed, const std::string& label) {
+    std::string out = make_payload(size, seed);
+    out.replace(0, std::min(label.size(), size), label, 0, size);
+    return out;
+}
+
 namespace {
 std::string hex_around(const std::string& s, std::size_t at) {
     std::ostringstream out;

@@ -24,6 +24,10 @@ namespace testsupport {
 /// and a 0xFF, so a server that treats data as C strings fails at once.
 std::string make_payload(std::size_t size, std::uint32_t seed);
 
+/// make_payload() whose first bytes are `label` (cut to `size`), so a payload that
+/// lands on the wrong connection or round names where it came from.
+std::string labelled_payload(std::size_t size, std::uint32_t seed, const std::string& label);
+
 /// Passes when both are byte-identical; otherwise says the sizes or the first offset
 /// that differs, with a few bytes of hex around it (never an 8 MiB dump).
 ::testing::AssertionResult same_bytes(const std::string& expected, const std::string& actual);

@@ -32,6 +32,14 @@ using socket_t = int;
 inline constexpr socket_t kInvalidSocket = -1;
 #endif
 
+/// The length argument of recv() and send(): an int in Winsock, a size_t in POSIX.
+/// Casting to it (not to int) keeps both GCC's and clang's conversion warnings quiet.
+#ifdef _WIN32
+using io_size_t = int;
+#else
+using io_size_t = std::size_t;
+#endif
+
 // ---------------------------------------------------------------------------------------
 // Errors: a failed call reports its name, its number and the system's text for it.
 
