@@ -92,7 +92,7 @@ run_ctest_flavour() {
     if [ "$fails" -ne 0 ] || { [ -z "$note" ] && ! grep -q '100% tests passed' "$log"; }; then status=FAIL; failed=1; fi
     # ctest's label summary: "ch01 = 1.3 sec*proc (13 tests)" -> "ch01:13"
     local chapters
-    chapters=$(sed -n 's/^\(ch[0-9][0-9]\) *=.*(\([0-9]*\) tests\?).*/\1:\2/p' "$log" | tr '\n' ' ')
+    chapters=$(sed -n 's/^\(ch[0-9][0-9]\|common\) *=.*(\([0-9]*\) tests\?).*/\1:\2/p' "$log" | tr '\n' ' ')
     record "$preset" "$status" "$passed" "$fails" $((SECONDS - start)) "$note$chapters"
 }
 

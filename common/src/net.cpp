@@ -170,16 +170,27 @@ UniqueSocket listen_tcp(const Endpoint& where, int backlog) {
     const SocketAddress addr = resolve(where);
     UniqueSocket s(::socket(addr.family(), SOCK_STREAM, IPPROTO_TCP));
     if (!s) throw_socket_error("socket");
-    const int one = 1;
+    //! [restart]
+    // A server stopped with Ctrl+C and started again at once must be able to bind its
+    // port while the connections it just closed sit in TIME_WAIT (we closed first, so
+    // the waiting is ours: a minute on Linux, minutes on Windows).
 #ifdef _WIN32
-    // On Windows SO_REUSEADDR would let another process bind the same port and steal
-    // connections; SO_EXCLUSIVEADDRUSE is the safe opposite. Windows has no TIME_WAIT
-    // problem for listeners that SO_REUSEADDR would be needed for.
-    setsockopt(s.get(), SOL_SOCKET, SO_EXCLUSIVEADDRUSE, reinterpret_cast<const char*>(&one), sizeof one);
+    // Windows (2000 and later) already allows that with no option at all (Microsoft
+    // KB 307175). Not SO_REUSEADDR: on Windows it lets a second socket bind a port in
+    // active use and take its connections. Not SO_EXCLUSIVEADDRUSE either, which blocks
+    // such theft but also the restart, until every accepted connection is gone
+    // ("Using SO_REUSEADDR and SO_EXCLUSIVEADDRUSE"). A service that must never have
+    // its port taken sets it, and waits out its old connections on restart.
+    // Wine 8 allows the restart with or without SO_EXCLUSIVEADDRUSE, so under Wine the
+    // difference cannot be seen; this choice rests on Microsoft's pages alone.
 #else
-    // Lets a restarted server bind while old connections sit in TIME_WAIT.
-    setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    // Linux refuses that bind (EADDRINUSE) unless SO_REUSEADDR is set; with it, two
+    // listeners still cannot share the port.
+    const int one = 1;
+    if (setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
+        throw_socket_error("setsockopt(SO_REUSEADDR)");
 #endif
+    //! [restart]
     if (::bind(s.get(), addr.get(), addr.length) != 0)
         throw_socket_error(("bind(" + where.host + ":" + std::to_string(where.port) + ")").c_str());
     if (::listen(s.get(), backlog) != 0) throw_socket_error("listen");
@@ -269,11 +280,15 @@ SendResult send_all(socket_t s, const char* data, std::size_t len) {
 void interrupt_blocking_io(socket_t s) {
 #ifdef _WIN32
     // shutdown() makes every later recv/send on the socket fail at once (WSAESHUTDOWN),
-    // but on Windows it does not wake a call that is already blocked. CancelIoEx does:
-    // Winsock's blocking calls are overlapped operations the provider waits on, and
-    // cancelling them makes the blocked call return (WSAEINTR on Windows; Wine 8
-    // reports 995, ERROR_OPERATION_ABORTED). Microsoft's guidance after a cancelled
-    // blocking call: the only safe thing left to do with the socket is close it.
+    // but on Windows it does not wake a call that is already blocked, and closesocket()
+    // may not be called while another thread is inside a Winsock call on the same
+    // socket (closesocket, Remarks). CancelIoEx cancels every I/O request on a handle,
+    // whichever thread issued it; a blocking recv() or accept() waits on such a request
+    // inside Winsock's driver, so the call returns (WSAEINTR on Windows; Wine 8 reports
+    // 995, ERROR_OPERATION_ABORTED). That a blocking call is woken this way is observed
+    // behaviour, not a documented promise, and after a cancel Microsoft leaves any
+    // further use of the socket undefined ("Overlapped I/O and Event Objects"): every
+    // caller here closes it next, once the blocked thread has returned.
     // Order matters: shutdown first, so a thread that enters recv() after the cancel
     // still fails instead of blocking.
     shutdown(s, SD_BOTH);

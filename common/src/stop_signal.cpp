@@ -4,9 +4,7 @@
 #ifdef _WIN32
 #include <windows.h>
 
-#include <chrono>
-#include <condition_variable>
-#include <mutex>
+#include <atomic>
 #else
 #include <pthread.h>
 #include <signal.h>
@@ -19,38 +17,65 @@ namespace iocp {
 
 #ifdef _WIN32
 
-// Windows calls a console control handler on a new thread of its own, so the handler
-// can take a lock and notify a condition variable like any other thread.
 namespace {
-std::mutex g_mutex;
-std::condition_variable g_cv;
-const char* g_what = nullptr;
-
-BOOL WINAPI on_console_event(DWORD type) {
-    const char* what = type == CTRL_C_EVENT       ? "Ctrl+C"
-                       : type == CTRL_BREAK_EVENT ? "Ctrl+Break"
-                                                  : "console closing";
-    {
-        std::lock_guard lock(g_mutex);
-        g_what = what;
-    }
-    g_cv.notify_all();
-    return TRUE;  // handled: do not run the default handler, which ends the process
+// Windows runs a console control handler on a new thread of its own. The two
+// manual-reset events are made once and never closed: a handler may still be waiting
+// on one while the process exits.
+struct Events {
+    HANDLE asked = CreateEventW(nullptr, TRUE, FALSE, nullptr);     // a stop was asked for
+    HANDLE finished = CreateEventW(nullptr, TRUE, FALSE, nullptr);  // the program has stopped
+};
+Events& events() {
+    static Events* const e = new Events;
+    return *e;
 }
+std::atomic<const char*> g_what{nullptr};  // what the first event was
+
+BOOL WINAPI handler(DWORD type) { return StopSignal::on_console_event(type); }
 }  // namespace
 
-StopSignal::StopSignal() { SetConsoleCtrlHandler(on_console_event, TRUE); }
-StopSignal::~StopSignal() { SetConsoleCtrlHandler(on_console_event, FALSE); }
+StopSignal::StopSignal() {
+    g_what = nullptr;  // one StopSignal at a time: a new one starts from "nothing asked"
+    ResetEvent(events().asked);
+    ResetEvent(events().finished);
+    SetConsoleCtrlHandler(handler, TRUE);
+}
+
+StopSignal::~StopSignal() {
+    SetEvent(events().finished);  // a close/logoff/shutdown handler may return now
+    SetConsoleCtrlHandler(handler, FALSE);
+}
+
+//! [console-event]
+int StopSignal::on_console_event(unsigned long type) {
+    const char* what = type == CTRL_C_EVENT       ? "Ctrl+C"
+                       : type == CTRL_BREAK_EVENT ? "Ctrl+Break"
+                       : type == CTRL_CLOSE_EVENT ? "console closed"
+                       : type == CTRL_LOGOFF_EVENT ? "logoff"
+                                                   : "shutdown";
+    const char* none = nullptr;
+    g_what.compare_exchange_strong(none, what);  // the first event names the stop
+    SetEvent(events().asked);
+    // Ctrl+C and Ctrl+Break: TRUE means "handled", so the default handler, which calls
+    // ExitProcess, does not run, and main() stops the server in its own time.
+    if (type == CTRL_C_EVENT || type == CTRL_BREAK_EVENT) return TRUE;
+    // A closed console, a logoff, a shutdown: whatever this returns, the system ends the
+    // process once it has returned (Microsoft, "HandlerRoutine callback function"), and
+    // would cut main()'s stop() off half-way. So wait until ~StopSignal reports that the
+    // program has stopped, within the few seconds the system allows a handler.
+    WaitForSingleObject(events().finished, kCloseGraceMs);
+    return TRUE;
+}
+//! [console-event]
 
 std::string StopSignal::wait() {
-    std::unique_lock lock(g_mutex);
-    g_cv.wait(lock, [] { return g_what != nullptr; });
-    return g_what;
+    WaitForSingleObject(events().asked, INFINITE);
+    return g_what.load();
 }
 
 bool StopSignal::wait_for(long long ms) {
-    std::unique_lock lock(g_mutex);
-    return g_cv.wait_for(lock, std::chrono::milliseconds(ms), [] { return g_what != nullptr; });
+    const DWORD limit = ms < 0 ? 0 : ms >= static_cast<long long>(INFINITE) ? INFINITE - 1 : static_cast<DWORD>(ms);
+    return WaitForSingleObject(events().asked, limit) == WAIT_OBJECT_0;
 }
 
 #else

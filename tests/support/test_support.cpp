@@ -102,7 +102,34 @@ std::optional<std::size_t> open_descriptors() { return count_entries("/proc/self
 std::optional<std::size_t> thread_count() { return count_entries("/proc/self/task"); }
 #elif defined(_WIN32)
 // Handles are not counted: Winsock and the runtime open handles of their own at
-// unpredictable times. Threads are, with a Toolhelp snapshot (Wine implements it).
+// unpredictable times. Threads are, with a Toolhelp snapshot (Wine implements it), but
+// only the threads this process started itself. Since Windows 10 the loader runs a
+// thread pool in every process, whose threads start and end at their own pace; counting
+// them would make every "no thread left behind" test flake on Windows. Such threads
+// start in ntdll.dll (its thread-pool worker), ours do not (std::thread starts in the C
+// runtime), so the start address tells them apart. Wine's own threads start in ntdll too.
+namespace {
+bool starts_in_ntdll(DWORD thread_id) {
+    // NtQueryInformationThread with ThreadQuerySetWin32StartAddress (9): the address a
+    // thread was created with. Looked up at run time: not every SDK declares it.
+    using Query = LONG(WINAPI*)(HANDLE, int, void*, ULONG, ULONG*);
+    const HMODULE ntdll = GetModuleHandleW(L"ntdll.dll");
+    static const auto query = reinterpret_cast<Query>(
+        reinterpret_cast<void*>(GetProcAddress(ntdll, "NtQueryInformationThread")));
+    if (ntdll == nullptr || query == nullptr) return false;
+    HANDLE thread = OpenThread(THREAD_QUERY_INFORMATION, FALSE, thread_id);
+    if (thread == nullptr) return false;  // cannot tell: count it
+    void* start = nullptr;
+    const LONG status = query(thread, 9, &start, sizeof start, nullptr);
+    CloseHandle(thread);
+    if (status < 0) return false;
+    const auto* base = reinterpret_cast<const unsigned char*>(ntdll);
+    const auto* dos = reinterpret_cast<const IMAGE_DOS_HEADER*>(base);
+    const auto* nt = reinterpret_cast<const IMAGE_NT_HEADERS*>(base + dos->e_lfanew);
+    const auto* at = static_cast<const unsigned char*>(start);
+    return at >= base && at < base + nt->OptionalHeader.SizeOfImage;
+}
+}  // namespace
 std::optional<std::size_t> open_descriptors() { return std::nullopt; }
 std::optional<std::size_t> thread_count() {
     HANDLE snap = CreateToolhelp32Snapshot(TH32CS_SNAPTHREAD, 0);
@@ -112,7 +139,7 @@ std::optional<std::size_t> thread_count() {
     std::size_t n = 0;
     const DWORD me = GetCurrentProcessId();
     for (BOOL ok = Thread32First(snap, &te); ok; ok = Thread32Next(snap, &te))
-        if (te.th32OwnerProcessID == me) ++n;
+        if (te.th32OwnerProcessID == me && !starts_in_ntdll(te.th32ThreadID)) ++n;
     CloseHandle(snap);
     return n;
 }

@@ -39,7 +39,8 @@ void finishes_within(std::chrono::milliseconds limit, const char* what, const st
 
 /// Open descriptors and threads of this process, where the platform lets us count
 /// them reliably: both on Linux (/proc/self/fd, /proc/self/task), threads only on
-/// Windows (a Toolhelp snapshot). nullopt elsewhere.
+/// Windows (a Toolhelp snapshot, leaving out the system's thread-pool threads, which
+/// come and go on their own). nullopt elsewhere.
 std::optional<std::size_t> open_descriptors();
 std::optional<std::size_t> thread_count();
 
