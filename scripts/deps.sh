@@ -14,7 +14,7 @@ packages=(
     liburing-dev                            # the io_uring twins (chapters 7 on)
     doxygen graphviz                        # the docs and their diagrams
     doxygen-awesome-css                     # the docs' theme (light and dark)
-    diffutils                               # the docs' "what changed since the last chapter"
+    python3                                 # the docs' "what changed since the last chapter" pages
 )
 
 missing=()
