@@ -6,8 +6,9 @@
 // result matrix in one place; a receive and a send in flight at once on a connection,
 // but never two sends; a lock per connection, since two workers may now hold packets of
 // the same connection at the same time; stop() by a drain and one exit packet per worker.
-// The Linux twin (echo_uring.cpp) runs one io_uring per worker instead of one shared
-// queue: same header, same function names in the same order.
+// The Windows code is in iocp/, split by concern (server, accept, io, worker, shutdown);
+// its Linux twin in uring/ runs one io_uring per worker instead of one shared queue:
+// same header, same file names, same function names in the same order.
 // Left out on purpose: outstanding-I/O counts that outlive a close, generation tags and
 // a general shutdown sequence (chapter 9), AcceptEx (chapter 10).
 #pragma once
@@ -61,8 +62,9 @@ public:
     std::uint64_t connections_served() const { return served_.load(); }
     std::uint64_t clients_refused() const { return refused_.load(); }
 
-    /// Receives and sends started whose completion has not been handled yet. Each one
-    /// pins its connection: the kernel owns that context and that buffer until then.
+    /// Receives and sends started whose completion has not been handled yet, and on
+    /// Windows the accept thread's admit packets no worker has taken yet. Each one pins
+    /// its connection: the kernel (or the port) owns that context and that buffer until then.
     std::size_t operations_in_flight() const { return in_flight_.load(); }
     /// Sends the kernel completed with fewer bytes than asked, whose rest was posted again.
     std::uint64_t sends_reposted() const { return reposted_.load(); }
@@ -95,13 +97,14 @@ private:
 
     //! [io-context]
 #ifdef _WIN32
-    enum class Op { kRecv, kSend };
+    enum class Op { kRecv, kSend, kAdmit };  // kAdmit: the accept thread hands a connection to the workers
 #else
     enum class Op { kRecv, kSend, kAccept, kAcceptPause, kWake };
 #endif
 
     // Per-I/O data: one per operation a connection can have in flight. A connection has
-    // two, since a receive and a send may be pending at once.
+    // two, since a receive and a send may be pending at once. (On Windows the receive's
+    // context first carries the admit packet that hands the connection to the workers.)
     struct IoContext {
 #ifdef _WIN32
         OVERLAPPED overlapped;  // first: GQCS hands back &overlapped; CONTAINING_RECORD finds us
@@ -130,7 +133,7 @@ private:
         IoContext recv{};          // per-I/O data of its receive
         IoContext send{};          // per-I/O data of its send
         iocp::UniqueSocket socket;
-        bool receiving = false;    // recv is in flight
+        bool receiving = false;    // recv is in flight (on Windows: or its admit packet)
         int sending = 0;           // sends in flight: the rule is never more than 1
         std::size_t to_send = 0;   // bytes in send.buffer to echo
         std::size_t sent = 0;      // of those, bytes sent so far
@@ -173,14 +176,15 @@ private:
 #endif
     //! [worker-state]
 
+    // In the order of the files: server.cpp, accept.cpp, io.cpp, worker.cpp, shutdown.cpp.
 #ifdef _WIN32
     void accept_clients();
+    void hand_over(Connection& c);  // to the workers, by a packet on the port
     void admit(iocp::UniqueSocket client);
 #else
     void check_kernel(Worker& w);
-    io_uring_sqe* get_sqe(Worker& w);
     void accept_clients(Worker& w);
-    void hand_over(iocp::UniqueSocket client);
+    void hand_over(iocp::UniqueSocket client);  // to the next worker, by its inbox
     void admit(Worker& w, iocp::UniqueSocket client);
 #endif
     void post_recv(Connection& c);
@@ -189,8 +193,13 @@ private:
     void advance(Connection& c, IoContext& io, Outcome outcome, std::size_t bytes, int error);
     void complete(Connection& c, IoContext& io, Outcome outcome, std::size_t bytes, int error);
 #ifndef _WIN32
+    io_uring_sqe* get_sqe(Worker& w);
     void on_completion(Worker& w, IoContext& io, int result);
+    void on_accept(Worker& w, int result);
+    void on_doorbell(Worker& w, int result);
     void listen_for_doorbell(Worker& w);
+    bool wait_for_completions(Worker& w);
+    unsigned reap_batch(Worker& w);
 #endif
     void worker_loop(Worker& w);
     void close_connection(Connection& c);  // cancels what is in flight; never frees

@@ -8,8 +8,11 @@
 // every completion names (slot, generation) and one that outlived its connection is
 // counted and dropped instead of reaching the next connection in the same slot, at the
 // same address or on the same socket value; stop() in a fixed order with a bounded drain.
-// The Linux twin (echo_uring.cpp) keeps one io_uring per worker and puts the tag in
-// user_data: same header, same function names in the same order.
+// On Windows only workers start I/O: the accept thread hands each connection over with a
+// packet of its own. The code is split by concern, the same six files on each side:
+// iocp/ (Windows) and uring/ (Linux, one io_uring per worker, the tag in user_data),
+// each with internal.h, server.cpp, accept.cpp, io.cpp, worker.cpp and shutdown.cpp,
+// the same function names in the same order.
 // Left out on purpose: AcceptEx (chapter 10), idle timeouts (chapter 12).
 #pragma once
 
@@ -67,8 +70,9 @@ public:
     std::uint64_t connections_served() const { return served_.load(); }
     std::uint64_t clients_refused() const { return refused_.load(); }
 
-    /// Receives and sends started whose completion has not been handled yet: the sum
-    /// of every connection's outstanding count. The kernel owns that many contexts.
+    /// Receives and sends started whose completion has not been handled yet, and on
+    /// Windows the hand-over packets no worker has taken yet: the sum of every
+    /// connection's outstanding count. The kernel (or the port) holds that many contexts.
     std::size_t operations_in_flight() const { return in_flight_.load(); }
     /// Per-I/O contexts in existence: two per connection object (its receive and its
     /// send), from the object's creation to its destruction. 0 once stop() has returned.
@@ -139,13 +143,14 @@ private:
 
     //! [io-context]
 #ifdef _WIN32
-    enum class Op { kRecv, kSend };
+    enum class Op { kRecv, kSend, kAdmit };  // kAdmit: the hand-over packet, in the receive's context
 #else
     enum class Op { kRecv, kSend, kAccept, kAcceptPause, kWake };
 #endif
 
     // Per-I/O data: one per operation a connection can have in flight. A connection has
-    // two, since a receive and a send may be pending at once.
+    // two, since a receive and a send may be pending at once. (On Windows the receive's
+    // is lent to the hand-over packet first, before any receive is started.)
     struct IoContext {
 #ifdef _WIN32
         OVERLAPPED overlapped;  // first: GQCS hands back &overlapped; CONTAINING_RECORD finds us
@@ -247,30 +252,44 @@ private:
 #endif
     //! [worker-state]
 
+    // In the order of the files that define them (see the top of this header).
 #ifdef _WIN32
+    // accept.cpp
     void accept_clients();
+    void hand_over(Connection& c);
+    Connection* take_slot(iocp::UniqueSocket client);
     void admit(iocp::UniqueSocket client);
 #else
+    // server.cpp
     void check_kernel(Worker& w);
-    io_uring_sqe* get_sqe(Worker& w);
+    // accept.cpp
     void accept_clients(Worker& w);
     void hand_over(iocp::UniqueSocket client);
+    Connection* take_slot(Worker& w, iocp::UniqueSocket client);
     void admit(Worker& w, iocp::UniqueSocket client);
 #endif
+    // io.cpp
     void post_recv(Connection& c);
     void post_send(Connection& c);
     void start_echo(Connection& c, std::size_t bytes);
     void advance(Connection& c, IoContext& io, Outcome outcome, std::size_t bytes, int error);
     void note_after_close(int result);
     void complete(Connection& c, IoContext& io, Outcome outcome, std::size_t bytes, int error);
+    // worker.cpp
 #ifdef _WIN32
     Connection* find(ULONG_PTR key);
 #else
+    io_uring_sqe* get_sqe(Worker& w);
     IoContext* find(Worker& w, std::uint64_t tag);
+    void on_accept(Worker& w, int result);
+    void on_doorbell(Worker& w, int result);
     void on_completion(Worker& w, IoContext& io, int result);
     void listen_for_doorbell(Worker& w);
+    bool wait_for_completions(Worker& w, bool polling);
+    unsigned reap_batch(Worker& w);
 #endif
     void worker_loop(Worker& w);
+    // shutdown.cpp
     void close_connection(Connection& c, Why why);  // cancels what is in flight; never frees
     void free_connection(Connection& c);
 #ifdef _WIN32
@@ -315,7 +334,7 @@ private:
     std::map<int, std::uint64_t> results_after_close_;
 #ifdef _WIN32
     iocp::UniqueHandle completion_port_;  // the port: ONE queue of finished I/O for every worker
-    std::thread accept_thread_;       // blocking accept(), as in the original article
+    std::thread accept_thread_;       // blocking accept(), as in the original article; starts no I/O
     std::mutex mutex_;                // guards changes to the table; taken before any connection's mutex
     std::condition_variable drained_; // stop() waits on it for in_flight_ to reach 0
     std::unique_ptr<Slot[]> slots_;   // the connection table: max_clients entries
