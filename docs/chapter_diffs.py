@@ -23,18 +23,24 @@ from pathlib import Path
 
 CONTEXT = 3  # unchanged lines shown around each change
 
-# A platform's server: one file (echo_iocp.cpp) or a folder of files (iocp/).
-PLATFORMS = {"iocp": "Windows server", "uring": "Linux server (io_uring)"}
+# A server's sources, in groups: the Windows server (one file echo_iocp.cpp, or the
+# folder iocp/), its Linux twin (echo_uring.cpp or uring/), and, in the chapters without
+# twins, the files at the top of the chapter folder other than main(), the client and the
+# shared header.
+GROUPS = {"iocp": "Windows server", "uring": "Linux server (io_uring)", "server": "The server"}
+NOT_SERVER = {"main.cpp", "echo_client.cpp", "echo_server.h", "CMakeLists.txt"}
 
 
 def chapter_files(folder: Path) -> dict:
     return {p.relative_to(folder).as_posix(): p for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def platform_of(path: str):
-    for key in PLATFORMS:
+def group_of(path: str):
+    for key in ("iocp", "uring"):
         if path == f"echo_{key}.cpp" or path.startswith(f"{key}/"):
             return key
+    if "/" not in path and path not in NOT_SERVER and path.endswith((".cpp", ".h")):
+        return "server"
     return None
 
 
@@ -67,14 +73,21 @@ def units(old_dir: Path, new_dir: Path) -> list:
     """(title, old lines, new lines) for every file or split platform that differs."""
     old, new = chapter_files(old_dir), chapter_files(new_dir)
     out, merged = [], set()
-    for key, label in PLATFORMS.items():
-        old_set = [p for p in old if platform_of(p) == key]
-        new_set = [p for p in new if platform_of(p) == key]
-        if old_set and new_set and sorted(old_set) != sorted(new_set):
-            old_order, new_order = build_order(old_dir, old_set), build_order(new_dir, new_set)
-            title = f"{label}: {', '.join(old_order)} &rarr; {', '.join(new_order)} (read in build order)"
-            out.append((title, concatenated(old_dir, old_order), concatenated(new_dir, new_order)))
-            merged.update(old_set + new_set)
+    for key, label in GROUPS.items():
+        old_set = [p for p in old if group_of(p) == key]
+        new_set = [p for p in new if group_of(p) == key]
+        if not old_set or not new_set or sorted(old_set) == sorted(new_set):
+            continue
+        # Read as one only where the files are one program reorganised: a file split
+        # into a folder (echo_iocp.cpp -> iocp/*), or sets that still share a file.
+        # Otherwise (a new model with new files) each file stands on its own.
+        split = key in ("iocp", "uring") and old_set == [f"echo_{key}.cpp"]
+        if not split and not set(old_set) & set(new_set):
+            continue
+        old_order, new_order = build_order(old_dir, old_set), build_order(new_dir, new_set)
+        title = f"{label}: {', '.join(old_order)} &rarr; {', '.join(new_order)} (read in build order)"
+        out.append((title, concatenated(old_dir, old_order), concatenated(new_dir, new_order)))
+        merged.update(old_set + new_set)
     for path in sorted(set(old) | set(new)):
         if path in merged:
             continue

@@ -119,5 +119,5 @@ TEST(Ch03Select, TinyBufferStillEchoesEveryByteInOrder) {
     }
     for (std::size_t i = 0; i < clients.size(); ++i) clients[i].send(payloads[i]);
     for (std::size_t i = 0; i < clients.size(); ++i)
-        EXPECT_TRUE(testsupport::same_bytes(payloads[i], clients[i].recv_exact(payloads[i].size())));
+        EXPECT_TRUE(testsupport::same_bytes(payloads[i], clients[i].recv_exact(payloads[i].size(), testsupport::kPatientTimeout)));
 }

@@ -137,14 +137,14 @@ TEST(Ch05Overlapped, TinyBufferManyImmediateCompletionsEveryByteInOrder) {
     }
     for (std::size_t i = 0; i < clients.size(); ++i) clients[i].send(payloads[i]);
     for (std::size_t i = 0; i < clients.size(); ++i)
-        EXPECT_TRUE(same_bytes(payloads[i], clients[i].recv_exact(payloads[i].size()))) << "client " << i;
+        EXPECT_TRUE(same_bytes(payloads[i], clients[i].recv_exact(payloads[i].size(), testsupport::kPatientTimeout))) << "client " << i;
     std::cout << "[ ch05     ] " << server.completed_at_once() << " WSARecv/WSASend calls completed at once"
               << std::endl;
     EXPECT_GT(server.completed_at_once(), 0u) << "no call completed at once: the immediate path went untested";
     // Half-close with the tiny buffer: every byte, then EOF.
     auto last = TestClient::connect(at);
     const std::string payload = make_payload(5000, 77);
-    EXPECT_TRUE(same_bytes(payload, last.exchange(payload, payload.size(), iocp::kDefaultTimeout,
+    EXPECT_TRUE(same_bytes(payload, last.exchange(payload, payload.size(), testsupport::kPatientTimeout,
                                                   TestClient::HalfClose::kAfterSending)));
     EXPECT_EQ(TestClient::Closed::kEof, last.wait_closed());
     clients.clear();

@@ -345,7 +345,7 @@ TEST(Ch06Server, TinyBufferStillEchoesEveryByteInOrder) {
     }
     for (std::size_t i = 0; i < clients.size(); ++i) clients[i].send(payloads[i]);
     for (std::size_t i = 0; i < clients.size(); ++i)
-        EXPECT_TRUE(same_bytes(payloads[i], clients[i].recv_exact(payloads[i].size())));
+        EXPECT_TRUE(same_bytes(payloads[i], clients[i].recv_exact(payloads[i].size(), testsupport::kPatientTimeout)));
     EXPECT_GE(server.routines_run(), 2u * 4u * 20000u / 7u);
     EXPECT_EQ(0u, server.routines_on_other_threads());
 }

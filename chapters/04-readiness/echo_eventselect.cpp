@@ -19,11 +19,12 @@ namespace {
 constexpr std::size_t kReadChunk = 16 * 1024;
 constexpr int kMaxRoundsPerTurn = 16;   // echo rounds for one client before the others' turn
 constexpr DWORD kAcceptBackoffMs = 100;  // after accept() ran out of sockets or memory
-// Wine 8 only: the accepting thread also tries accept() after 250 ms without a signal.
-// Wine's server can mark FD_ACCEPT as reported for a stale "listener readable" and
-// clear that mark only on a successful accept(), so a queued client may never set
-// the event (Windows re-enables FD_ACCEPT on any accept() call). The retry costs four
-// idle wake-ups a second on Windows, where it never finds anyone.
+// A safety net for Wine 8, which runs on Windows too: after 250 ms without a signal the
+// accepting thread tries one accept() anyway. Windows re-enables FD_ACCEPT on any
+// accept() call, even a failed one (WSAEventSelect's page); Wine clears its "reported"
+// mark only on a successful one (its server/sock.c, accept_socket()), so there a queued
+// client may never set the event. On Windows the net costs four wake-ups a second of an
+// idle server, each an accept() that finds nobody (WSAEWOULDBLOCK), and nothing else.
 constexpr DWORD kAcceptSafetyNetMs = 250;
 
 using Connection = EchoServer::Connection;
@@ -70,23 +71,22 @@ bool flush(Connection& c) {
 
 //! [pump]
 // Echo what is pending, then read more, until one side would block. false: close.
-// When it returns true, a later wake-up is guaranteed: either a send would have
-// blocked (FD_WRITE comes when there is room), or a recv would have (FD_READ comes
-// with the next bytes), or we stopped early for fairness and set the event ourselves.
-// Without that guarantee a client could wait for ever.
+// When it returns true, the next wake-up is already arranged by Winsock's own rules
+// (WSAEventSelect's page): a send that would have blocked re-enables FD_WRITE, which
+// comes when there is room; and every recv() re-enables FD_READ, which is
+// level-triggered, so it is recorded again at once if bytes are still waiting. That is
+// why Microsoft calls one recv() per FD_READ "appropriate", and why stopping after
+// kMaxRoundsPerTurn rounds loses nothing. The end of a connection is FD_CLOSE, which is
+// "posted after all data is read from a socket", so it too is still to come.
 bool pump(Connection& c) {
     for (int round = 0;; ++round) {
         if (!flush(c)) return false;
         if (!c.pending.empty()) return true;    // the client reads slowly: stop reading (flow control)
         if (c.peer_done) return false;          // FIN came and everything is echoed: close
         if (round == kMaxRoundsPerTurn) {       // fairness: the other sockets get a turn
-            // Come back next round, whatever Winsock records: a defensive measure.
-            // This recv() re-enabled FD_READ, but WSAEventSelect's page says the end
-            // of a connection is recorded only as FD_CLOSE, never as FD_READ, and
-            // FD_CLOSE only once. If FD_CLOSE was reported before this recv() took
-            // exactly the last bytes before the FIN, nothing on that page promises
-            // another event. (Wine 8 records FD_CLOSE only after the last byte is
-            // read, so there the case never arises.)
+            // Belt and braces: the rules above already promise another FD_READ or
+            // FD_CLOSE for this socket. Setting its event costs one extra wake-up, and
+            // it brings us back here even if an implementation were to get them wrong.
             WSASetEvent(c.event.get());
             return true;
         }
@@ -242,9 +242,10 @@ bool EchoServer::Group::on_network_events(Connection& c) {
         return false;
     }
     // FD_CLOSE with an error is a reset or an abort: nothing more will come, and
-    // nothing we send would arrive. With error 0 it is the client's FIN, and there
-    // may still be unread bytes before it, so it is handled like FD_READ: read until
-    // recv() returns 0 (Microsoft: check for remaining data on FD_CLOSE).
+    // nothing we send would arrive. With error 0 it is the client's FIN. Winsock posts
+    // it after all data has been read, and still tells programs to "check for remaining
+    // data upon receipt of FD_CLOSE" (WSAEventSelect's page), so it is handled like
+    // FD_READ: pump() reads until recv() returns 0, then echoes the rest and closes.
     for (const int bit : {FD_READ_BIT, FD_WRITE_BIT, FD_CLOSE_BIT}) {
         const int err = happened.iErrorCode[bit];
         if ((happened.lNetworkEvents & (1L << bit)) && err != 0) {
@@ -296,7 +297,7 @@ void EchoServer::accept_loop() {
         // Read and clear the listener's record of network events; this also resets
         // accept_event_ (WSAEnumNetworkEvents, not WSAResetEvent, is the documented
         // way: the record and the event are reset together). After a timeout there is
-        // nothing to read: we try one accept() anyway (see kAcceptSafetyNetMs).
+        // nothing to read: we try one accept() anyway (kAcceptSafetyNetMs, for Wine).
         WSANETWORKEVENTS happened{};
         if (rc != WSA_WAIT_TIMEOUT && WSAEnumNetworkEvents(listener_.get(), accept_event_.get(), &happened) != 0) {
             std::cerr << "ch04: WSAEnumNetworkEvents(listener) failed: "
@@ -305,10 +306,7 @@ void EchoServer::accept_loop() {
         }
         // One client per signal. FD_ACCEPT is level-triggered: accept() re-enables it,
         // and if more clients are queued the event is set again at once, so none is
-        // left behind. (Taking every client until WSAEWOULDBLOCK also works on
-        // Windows, but under Wine 8 a connection that arrived just as accept() failed
-        // now and then set no event, and that thread stopped accepting. Measured: 1 of
-        // about 5 runs of 300 quick connects; one per signal never stalled in 10.)
+        // left behind (WSAEventSelect's page).
         iocp::UniqueSocket client(::accept(listener_.get(), nullptr, nullptr));
         if (!client) {
             const int err = iocp::last_socket_error();

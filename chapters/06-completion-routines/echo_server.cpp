@@ -19,7 +19,12 @@ namespace {
 constexpr std::chrono::milliseconds kAcceptBackoff{100};
 constexpr std::chrono::milliseconds kDrainLimit{10000};
 // How long the loop goes without an accept() call before it tries one even though
-// FD_ACCEPT was not signalled. Windows never needs this; Wine 8 does (see loop()).
+// FD_ACCEPT was not signalled: a safety net for Wine 8, which runs on Windows too.
+// Windows re-enables FD_ACCEPT after any accept() call, even a failed one
+// (WSAEventSelect, Remarks). Wine clears its "reported" mark for FD_ACCEPT only on a
+// successful accept() (its server/sock.c, accept_socket()), so after a stale "listener
+// readable" notice it can stop setting accept_event_ for good, with clients waiting.
+// On Windows the net costs one accept() that finds nobody (WSAEWOULDBLOCK) per 250 ms.
 constexpr std::chrono::milliseconds kAcceptRecheck{250};
 
 std::string win32_error(const char* call, DWORD code) {
@@ -61,10 +66,9 @@ void EchoServer::start() {
 void EchoServer::loop() {
     using Clock = std::chrono::steady_clock;
     io_thread_ = GetCurrentThreadId();  // every WSARecv/WSASend is issued by this thread
-    // When to try accept() even though FD_ACCEPT was not signalled (Windows never needs
-    // it; Wine 8 does, see below). A deadline, not a fresh timeout for every wait: on a
-    // busy server a routine ends nearly every wait early, and a timeout restarted each
-    // time would never expire.
+    // When to try accept() even though FD_ACCEPT was not signalled (kAcceptRecheck). A
+    // deadline, not a fresh timeout for every wait: on a busy server a routine ends
+    // nearly every wait early, and a timeout restarted each time would never expire.
     auto recheck_at = Clock::now() + kAcceptRecheck;
     for (;;) {
         // Two handles, however many clients: a routine needs no handle at all. While
@@ -77,9 +81,8 @@ void EchoServer::loop() {
             std::chrono::ceil<std::chrono::milliseconds>(wake_at - now).count());
         // fAlertable = TRUE: the routines queued to this thread run here, inside this
         // call, which then returns WSA_WAIT_IO_COMPLETION (WSAWaitForMultipleEvents,
-        // fAlertable); they have done their work by then. If an event is already set,
-        // the call may return that instead and leave the routines queued for the next
-        // alertable wait, one turn later (Wine 8 does; Microsoft's page does not say).
+        // fAlertable); they have done their work by then. Whatever else the call
+        // returns, routines still queued run at the next turn's wait.
         const DWORD rc = WSAWaitForMultipleEvents(accepting ? 2 : 1, events, FALSE, timeout, TRUE);
         if (rc == WSA_WAIT_EVENT_0) break;  // stop()
         if (rc == WSA_WAIT_FAILED) {
@@ -88,12 +91,6 @@ void EchoServer::loop() {
         }
         // Routines ran, FD_ACCEPT was signalled, or the wait timed out. Accept on the
         // signal, and also whenever recheck_at has passed, whatever ended the wait.
-        // Wine 8 can lose FD_ACCEPT for good: when its server handles a stale "listener
-        // readable" after our accept() already took that client, it marks FD_ACCEPT as
-        // reported, and only a *successful* accept() clears that mark again, whereas
-        // Windows re-enables the event after any accept() call, even a failed one
-        // (WSAEventSelect, Remarks). Left alone, the clients after that wait forever.
-        // The retry costs one failed accept() per kAcceptRecheck.
         const bool signalled = rc == WSA_WAIT_EVENT_0 + 1;
         const auto after = Clock::now();
         if (after >= accept_paused_until_ && (signalled || after >= recheck_at)) {
@@ -206,8 +203,11 @@ void EchoServer::post_send(Connection& c) {
 
 //! [routine]
 // A completion routine: the kernel queued it as an APC to the thread that issued the
-// I/O, which runs it inside its next alertable wait. So this always runs on the I/O
-// thread, between two of its waits; no lock is needed.
+// I/O, which runs it inside its next alertable wait (Alertable I/O: the result goes
+// "only to the thread that initiated it"). So this always runs on the I/O thread,
+// between two of its waits; no lock is needed. Nothing in here may wait alertably
+// (SleepEx(..., TRUE) and the like): that wait would run the other queued routines
+// inside this one, with this connection half-updated.
 void CALLBACK EchoServer::on_completion(DWORD error, DWORD bytes, LPWSAOVERLAPPED overlapped, DWORD /*flags*/) {
     auto* server = static_cast<EchoServer*>(overlapped->hEvent);
     auto* io = reinterpret_cast<IoContext*>(overlapped);  // overlapped is its first member

@@ -65,7 +65,7 @@ public:
     /// The Win32 id of the one thread that issues every operation (0 before start()).
     DWORD io_thread_id() const { return io_thread_.load(); }
     /// accept() tries made because 250 ms had passed without one, not because FD_ACCEPT
-    /// was signalled: the safety net for Wine's lost FD_ACCEPT (see loop()).
+    /// was signalled: the safety net for Wine's lost FD_ACCEPT (kAcceptRecheck).
     std::uint64_t accept_rechecks() const { return accept_rechecks_.load(); }
 
 private:

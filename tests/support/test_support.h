@@ -20,6 +20,11 @@
 
 namespace testsupport {
 
+/// How long a test waits for bytes that take thousands of tiny round trips (a 7-byte
+/// server buffer): under Wine on a loaded 2-core machine that has taken over 20 s. A
+/// limit on waiting, so a hang still fails; never a claim about speed.
+inline constexpr std::chrono::milliseconds kPatientTimeout{120000};
+
 /// Deterministic pseudo-random bytes. Every payload of 2 bytes or more holds a NUL
 /// and a 0xFF, so a server that treats data as C strings fails at once.
 std::string make_payload(std::size_t size, std::uint32_t seed);
