@@ -6,6 +6,10 @@
 // threads, resident and virtual memory, and context switches during the echo rounds.
 //
 //   ch02_thread_cost --clients 10,100,1000 --rounds 20
+//
+// That command makes the table on chapter 2's appendix page (docs/pages/ch02_appendix.md).
+// Both ends of every connection live in this one process, so it needs two descriptors
+// per client (ulimit -n).
 #include <sys/resource.h>
 
 #include <chrono>

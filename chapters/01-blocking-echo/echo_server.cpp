@@ -39,7 +39,8 @@ void EchoServer::run() {
             // Out of descriptors or memory: an immediate retry fails the same way and
             // spins a core. Pause; the backlog keeps the waiting clients meanwhile.
             if (iocp::is_resource_exhaustion(err)) std::this_thread::sleep_for(kAcceptBackoff);
-            continue;  // e.g. a client that reset while still in the backlog: only it is lost
+            // E.g. a client that reset while still in the backlog: only it is lost.
+            continue;
         }
         if (stopping_) break;  // the wake-up connection from stop()
         serve(client.get());
@@ -60,12 +61,15 @@ void EchoServer::serve(iocp::socket_t client) {
     char buffer[kBufferSize];
     for (;;) {
         const auto n = ::recv(client, buffer, static_cast<int>(sizeof buffer), 0);
-        if (n == 0) break;  // the client sent FIN: everything it sent has been echoed
+        // 0 is the end of the stream: the client sent FIN, and everything it sent has
+        // been echoed. (On Linux, stop()'s shutdown() also wakes us with a 0.)
+        if (n == 0) break;
         if (n < 0) {
             const int err = iocp::last_socket_error();
             if (!stopping_ && !iocp::is_disconnect_error(err))
                 std::cerr << "ch01: recv failed: " << iocp::error_text(err) << "\n";
-            break;  // a reset, or stop() woke us: either way this client is done
+            // A reset, or (on Windows) stop() cancelled the call: this client is done.
+            break;
         }
         // recv() returns what has arrived so far, which may be part of what the
         // client sent, or several of its sends run together. TCP is a byte stream.

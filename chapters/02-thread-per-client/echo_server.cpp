@@ -42,7 +42,8 @@ void EchoServer::accept_loop() {
             ++refused_;
             std::cerr << "ch02: refusing " << iocp::peer_address(client.get()) << ": at the cap of "
                       << limits_.max_clients << " clients (one thread each)\n";
-            continue;  // closed here: EOF for the client (a reset if it had sent bytes already)
+            // Closed here: EOF for the client (a reset if its bytes had arrived already).
+            continue;
         }
         std::lock_guard lock(mutex_);
         Session& session = sessions_.emplace_back();
@@ -70,11 +71,14 @@ void EchoServer::serve(Session& session) {
     char buffer[kBufferSize];
     for (;;) {
         const auto n = ::recv(client, buffer, static_cast<int>(sizeof buffer), 0);
-        if (n == 0) break;  // the client sent FIN: everything it sent has been echoed
+        // 0 is the end of the stream: the client sent FIN, and everything it sent has
+        // been echoed. (On Linux, stop()'s shutdown() also wakes us with a 0.)
+        if (n == 0) break;
         if (n < 0) {
             const int err = iocp::last_socket_error();
             if (!stopping_ && !iocp::is_disconnect_error(err))
                 std::cerr << "ch02: recv failed: " << iocp::error_text(err) << "\n";
+            // A reset, or (on Windows) stop() cancelled the call: this client is done.
             break;
         }
         if (iocp::send_all(client, buffer, static_cast<std::size_t>(n)) != iocp::SendResult::kSent) break;

@@ -64,8 +64,8 @@ private:
     std::atomic<std::uint64_t> served_{0};
     std::atomic<std::uint64_t> refused_{0};
 
-    std::mutex mutex_;                 // guards sessions_ and each Session's socket/finished
-    std::list<Session> sessions_;      // a list: a Session never moves once its thread runs
+    std::mutex mutex_;                 // guards sessions_ and every Session's fields
+    std::list<Session> sessions_;      // a list: a Session never moves once it is in
 };
 //! [server-class]
 

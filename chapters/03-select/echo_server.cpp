@@ -146,7 +146,8 @@ void EchoServer::accept_clients() {
         iocp::UniqueSocket client(::accept(listener_.get(), nullptr, nullptr));
         if (!client) {
             const int err = iocp::last_socket_error();
-            if (iocp::is_would_block(err) || iocp::is_disconnect_error(err)) return;  // all taken, or one gave up
+            // All taken (would block), or one that gave up while queued: done for now.
+            if (iocp::is_would_block(err) || iocp::is_disconnect_error(err)) return;
             std::cerr << "ch03: accept failed: " << iocp::error_text(err) << "\n";
             if (iocp::is_resource_exhaustion(err))
                 accept_paused_until_ = std::chrono::steady_clock::now() + kAcceptBackoff;
@@ -159,7 +160,8 @@ void EchoServer::accept_clients() {
                       << (at_cap ? "at the --max-clients cap of " + std::to_string(limits_.max_clients)
                                  : "select() can watch no more (FD_SETSIZE " + std::to_string(FD_SETSIZE) + ")")
                       << "\n";
-            continue;  // closed here: EOF for the client (a reset if it had sent bytes already)
+            // Closed here: EOF for the client (a reset if its bytes had arrived already).
+            continue;
         }
         iocp::set_nonblocking(client.get(), true);
         connections_.push_back(Connection{std::move(client), {}, false});
@@ -174,7 +176,8 @@ bool EchoServer::on_readable(Connection& c) {
     const std::size_t room = limits_.max_pending - c.pending.size();
     const auto n = ::recv(c.socket.get(), buffer, static_cast<iocp::io_size_t>(room < sizeof buffer ? room : sizeof buffer), 0);
     if (n == 0) {
-        c.peer_done = true;  // FIN: no more input, but the echo of what came still goes out
+        // FIN: no more input, but the echo of what came before it still goes out.
+        c.peer_done = true;
         return true;
     }
     if (n < 0) {
@@ -184,7 +187,7 @@ bool EchoServer::on_readable(Connection& c) {
         return false;
     }
     c.pending.append(buffer, static_cast<std::size_t>(n));
-    return flush(c);  // try to echo right away; what does not fit waits for writability
+    return flush(c);  // echo at once; what does not fit waits for writability
 }
 //! [read]
 
@@ -194,7 +197,8 @@ bool EchoServer::flush(Connection& c) {
         const auto n = ::send(c.socket.get(), c.pending.data(), static_cast<iocp::io_size_t>(c.pending.size()), kSendFlags);
         if (n < 0) {
             const int err = iocp::last_socket_error();
-            if (iocp::is_would_block(err)) return true;  // the rest goes when select() says writable
+            // Send buffer full: the rest goes when select() says writable.
+            if (iocp::is_would_block(err)) return true;
             if (!iocp::is_disconnect_error(err)) std::cerr << "ch03: send failed: " << iocp::error_text(err) << "\n";
             return false;
         }

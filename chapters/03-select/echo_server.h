@@ -27,7 +27,8 @@ namespace ch03 {
 #ifdef _WIN32
 inline constexpr std::size_t kSelectCapacity = FD_SETSIZE - 2;
 #else
-inline constexpr std::size_t kSelectCapacity = FD_SETSIZE;  // an upper bound; descriptors decide
+// An upper bound: the descriptor numbers decide (fits_in_fd_set).
+inline constexpr std::size_t kSelectCapacity = FD_SETSIZE;
 #endif
 //! [capacity]
 
@@ -58,6 +59,7 @@ public:
     std::uint64_t clients_refused() const { return refused_.load(); }
 
 private:
+    //! [server-class]
     //! [connection]
     struct Connection {
         iocp::UniqueSocket socket;
@@ -66,6 +68,7 @@ private:
     };
     //! [connection]
 
+    //! [server-members]
     void loop();
     void accept_clients();
     bool on_readable(Connection& c);   // false: close this connection
@@ -85,6 +88,6 @@ private:
     std::list<Connection> connections_;  // touched by the loop thread only
     std::chrono::steady_clock::time_point accept_paused_until_{};  // loop thread only
 };
-//! [server-class]
+//! [server-members]
 
 }  // namespace ch03
