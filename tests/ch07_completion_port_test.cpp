@@ -116,9 +116,11 @@ TEST(Ch07Port, PacketsComeOutInTheOrderPosted) {
 
 //! [timeout]
 // A wait that ends with nothing to dequeue returns FALSE with *lpOverlapped NULL, and
-// GetLastError() is WAIT_TIMEOUT; the byte count and the key are left as they were
-// (GetQueuedCompletionStatus, Return value). This is how a worker tells "nothing came"
-// from "an operation failed" (FALSE with an OVERLAPPED).
+// GetLastError() is WAIT_TIMEOUT. This is how a worker tells "nothing came" from "an
+// operation failed" (FALSE with an OVERLAPPED). Microsoft's page (Remarks) says that
+// the byte count and the key are then not stored, "and their values are
+// indeterminate": that Windows and Wine leave them untouched, as checked here, is
+// observed, not promised, and a worker must not read them.
 TEST(Ch07Port, AnEmptyPortTimesOutWithNoOverlapped) {
     const auto port = make_port(1);
     for (const DWORD timeout_ms : {0u, 50u}) {
@@ -414,9 +416,10 @@ std::unique_ptr<LentOp> post_sends_until_one_sticks(HANDLE port, SOCKET s) {
 //! [close-pending-recv]
 // closesocket() on a socket with a receive pending: the receive still completes, and
 // its packet is how a server learns the buffer is free again. Windows fails it (995
-// or 64), and Microsoft's GetQueuedCompletionStatus page says that a closed socket's
-// operation may also come back TRUE with 0 bytes, just like a FIN. Wine 8 fails it with
-// 676. Checked on both: the packet comes. Checked on Windows only: which one.
+// or 64), and an earlier version of Microsoft's GetQueuedCompletionStatus page said
+// that a closed socket's operation may also come back TRUE with 0 bytes, just like a
+// FIN. Wine 8 fails it with 676 (ERROR_HANDLES_CLOSED). Checked on both: the packet
+// comes. Checked on Windows only: which one.
 TEST(Ch07Port, ClosingASocketCompletesItsPendingReceive) {
     const auto port = make_port(1);
     int key = 0;
@@ -889,7 +892,7 @@ TEST(Ch07EchoServer, ABurstOfFifteenHundredClientsIsEchoedInFull) {
     auto clients = testsupport::connect_burst(at, kMany, 4, echoed);
     EXPECT_EQ(kMany, echoed);
     EXPECT_EQ(static_cast<std::size_t>(kMany), server->live_connections());
-    clients.clear();
+    testsupport::reset_all(clients);  // no TIME_WAIT left behind (see reset_all)
     EXPECT_TRUE(testsupport::eventually(
         [&] { return server->live_connections() == 0 && server->operations_in_flight() == 0; },
         std::chrono::seconds(30)))

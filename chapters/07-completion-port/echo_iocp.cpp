@@ -1,6 +1,6 @@
 // Chapter 7 - the completion port, Windows side. See echo_server.h and docs/pages/ch07.md.
-// Its Linux twin is echo_uring.cpp: the same functions in the same order, so that
-// `diff echo_iocp.cpp echo_uring.cpp` shows only what the OS changes.
+// Its Linux twin is echo_uring.cpp: the functions this file has come there in the same
+// order, so that `diff echo_iocp.cpp echo_uring.cpp` shows only what the OS changes.
 #include "echo_server.h"
 
 #include <chrono>
@@ -24,13 +24,13 @@ constexpr std::chrono::milliseconds kAcceptBackoff{100};
     std::abort();
 }
 
-}  // namespace
-
-EchoServer::EchoServer(iocp::Endpoint where, Limits limits) : where_(std::move(where)), limits_(limits) {
-    if (limits_.buffer_size == 0) limits_.buffer_size = 1;
+// A call failed and the server goes on: say which, with the number and its text.
+void report(const char* call, DWORD error) {
+    std::cerr << "ch07: " << call << " failed: " << error << " "
+              << iocp::error_text(static_cast<int>(error)) << "\n";
 }
 
-EchoServer::~EchoServer() { stop(); }
+}  // namespace
 
 //! [start]
 void EchoServer::start() {
@@ -39,7 +39,8 @@ void EchoServer::start() {
     // it. The last argument, NumberOfConcurrentThreads, is how many threads the port lets
     // run at once; 1 matches our one worker (0 would mean "as many as processors").
     // (learn.microsoft.com/windows/win32/api/ioapiset/nf-ioapiset-createiocompletionport)
-    completion_port_ = iocp::UniqueHandle(CreateIoCompletionPort(INVALID_HANDLE_VALUE, nullptr, 0, 1));
+    completion_port_ =
+        iocp::UniqueHandle(CreateIoCompletionPort(INVALID_HANDLE_VALUE, nullptr, 0, 1));
     if (!completion_port_) iocp::throw_last_error("CreateIoCompletionPort");
     //! [create-port]
     listener_ = iocp::listen_tcp(where_);  // socket() makes overlapped-capable sockets
@@ -55,14 +56,14 @@ void EchoServer::start() {
 void EchoServer::accept_clients() {
     while (!stopping_) {
         iocp::UniqueSocket client(::accept(listener_.get(), nullptr, nullptr));
-        if (stopping_) break;  // woken by stop(): its own connection, or a cancelled accept
+        if (stopping_) break;  // woken by stop(): its own connection, or a cancel
         if (!client) {
             const int err = iocp::last_socket_error();
-            if (iocp::is_disconnect_error(err)) continue;  // that client gave up while queued
+            if (iocp::is_disconnect_error(err)) continue;  // that client gave up, queued
             // Out of sockets or memory (WSAEMFILE, WSAENOBUFS), or anything else: pause,
             // since trying again at once would fail again at once.
             ++accept_failures_;
-            std::cerr << "ch07: accept failed: " << err << " " << iocp::error_text(err) << "\n";
+            report("accept", static_cast<DWORD>(err));
             std::this_thread::sleep_for(kAcceptBackoff);
             continue;
         }
@@ -75,9 +76,9 @@ void EchoServer::accept_clients() {
 void EchoServer::admit(iocp::UniqueSocket client) {
     if (live_ >= limits_.max_clients) {
         ++refused_;
-        std::cerr << "ch07: refusing " << iocp::peer_address(client.get()) << ": at the cap of "
-                  << limits_.max_clients << " clients\n";
-        return;  // closed here: the client sees EOF, or a reset if it had already sent bytes
+        std::cerr << "ch07: refusing " << iocp::peer_address(client.get())
+                  << ": at the cap of " << limits_.max_clients << " clients\n";
+        return;  // closed here: the client sees EOF (a reset if it had sent bytes)
     }
     try {
         // An echo split over two sends would wait ~40 ms for the peer's delayed ACK
@@ -87,53 +88,44 @@ void EchoServer::admit(iocp::UniqueSocket client) {
         std::cerr << "ch07: " << e.what() << "\n";
         return;
     }
-    Connection* c = nullptr;
-    {
-        std::lock_guard<std::mutex> lock(mutex_);
-        c = &connections_.emplace_back();
-        c->self = std::prev(connections_.end());
-    }
+    std::unique_lock<std::mutex> lock(mutex_);  // the worker erases from connections_
+    Connection* c = &connections_.emplace_back();
+    c->self = std::prev(connections_.end());
+    lock.unlock();
     ++live_;
     c->socket = std::move(client);
     c->buffer.resize(limits_.buffer_size);
     c->io.connection = c;
+    //! [admit]
     //! [associate]
     // Associate the socket with the port. From now on every completion of an operation
     // on this socket is queued to the port, carrying this key: the connection's
     // address. A key is a ULONG_PTR, as wide as a pointer; a DWORD would cut it in half.
-    if (CreateIoCompletionPort(reinterpret_cast<HANDLE>(c->socket.get()), completion_port_.get(),
-                               reinterpret_cast<ULONG_PTR>(c), 0) == nullptr) {
-        const DWORD err = GetLastError();
-        std::cerr << "ch07: CreateIoCompletionPort(socket) failed: " << err << " "
-                  << iocp::error_text(static_cast<int>(err)) << "\n";
+    const auto handle = reinterpret_cast<HANDLE>(c->socket.get());
+    const auto key = reinterpret_cast<ULONG_PTR>(c);
+    if (CreateIoCompletionPort(handle, completion_port_.get(), key, 0) == nullptr) {
+        report("CreateIoCompletionPort(socket)", GetLastError());
         close_connection(*c);  // no other thread knows c yet: closing it here is safe
         return;
     }
     //! [associate]
     //! [handover]
-    // Hand the connection to the worker with a packet of our own, and start no I/O here.
-    // A receive started on this thread could complete and be handled by the worker before
-    // WSARecv had returned here; a client that connected and left at once would then have
-    // its socket closed by the worker while WSARecv still ran on it, and closesocket's
-    // page forbids closing a socket "concurrently with another Winsock function call".
-    // So only the worker starts operations and closes sockets, and this thread does not
-    // touch c again once the packet is posted. Until the worker takes it, the packet is
-    // c's operation in flight, like a receive: c.io is the kernel's meanwhile.
+    // Start no I/O here: a receive started on this thread could complete, and the
+    // worker close the socket, while WSARecv still ran here (closesocket, Remarks,
+    // forbids that). So the worker gets c in a packet of our own; c's operation in
+    // flight until the worker takes it. This thread does not touch c again.
     c->io.op = Op::kAdmit;
     c->io.overlapped = OVERLAPPED{};
     c->pending = true;
     ++in_flight_;
-    if (!PostQueuedCompletionStatus(completion_port_.get(), 0, reinterpret_cast<ULONG_PTR>(c), &c->io.overlapped)) {
-        const DWORD err = GetLastError();
+    if (!PostQueuedCompletionStatus(completion_port_.get(), 0, key, &c->io.overlapped)) {
+        report("PostQueuedCompletionStatus(admit)", GetLastError());
         --in_flight_;
         c->pending = false;
-        std::cerr << "ch07: PostQueuedCompletionStatus(admit) failed: " << err << " "
-                  << iocp::error_text(static_cast<int>(err)) << "\n";
         close_connection(*c);  // no packet will come, and the worker never saw c
     }
     //! [handover]
 }
-//! [admit]
 
 //! [post-recv]
 void EchoServer::post_recv(Connection& c) {
@@ -143,18 +135,22 @@ void EchoServer::post_recv(Connection& c) {
     // the bytes it points to are the kernel's until the completion.
     WSABUF buf{static_cast<ULONG>(c.buffer.size()), c.buffer.data()};
     DWORD flags = 0;
+    // Counted before the call: the packet may be queued (with more workers, handled)
+    // before WSARecv returns.
     c.pending = true;
-    ++in_flight_;  // before the call: its packet may be queued (with more workers, handled) before it returns
+    ++in_flight_;
     // lpNumberOfBytesRecvd is nullptr: with an OVERLAPPED, Microsoft's WSARecv page
     // says to pass NULL "to avoid potentially erroneous results"; the count comes with
     // the completion. Returning 0 (done at once) still queues a completion packet.
-    if (WSARecv(c.socket.get(), &buf, 1, nullptr, &flags, &c.io.overlapped, nullptr) == SOCKET_ERROR) {
+    const int rc =
+        WSARecv(c.socket.get(), &buf, 1, nullptr, &flags, &c.io.overlapped, nullptr);
+    if (rc == SOCKET_ERROR) {
         const int err = WSAGetLastError();
         if (err != WSA_IO_PENDING) {  // failed to start: no packet will come for it
             --in_flight_;
             c.pending = false;
             if (!iocp::is_disconnect_error(err))
-                std::cerr << "ch07: WSARecv failed: " << err << " " << iocp::error_text(err) << "\n";
+                report("WSARecv", static_cast<DWORD>(err));
             close_connection(c);
         }
     }
@@ -168,13 +164,15 @@ void EchoServer::post_send(Connection& c) {
     WSABUF buf{static_cast<ULONG>(c.filled - c.sent), c.buffer.data() + c.sent};
     c.pending = true;
     ++in_flight_;
-    if (WSASend(c.socket.get(), &buf, 1, nullptr, 0, &c.io.overlapped, nullptr) == SOCKET_ERROR) {
+    const int rc =
+        WSASend(c.socket.get(), &buf, 1, nullptr, 0, &c.io.overlapped, nullptr);
+    if (rc == SOCKET_ERROR) {
         const int err = WSAGetLastError();
         if (err != WSA_IO_PENDING) {
             --in_flight_;
             c.pending = false;
             if (!iocp::is_disconnect_error(err))
-                std::cerr << "ch07: WSASend failed: " << err << " " << iocp::error_text(err) << "\n";
+                report("WSASend", static_cast<DWORD>(err));
             close_connection(c);
         }
     }
@@ -188,21 +186,21 @@ void EchoServer::complete(Connection& c, DWORD error, DWORD bytes) {
     --in_flight_;
     c.pending = false;
     // The closing flag first, before the result. Closing a socket with an operation
-    // pending completes that operation with an error (995, or 64; Wine 8: 676), and
-    // Microsoft's GetQueuedCompletionStatus page says it may also come back as TRUE with
-    // 0 bytes, which looks exactly like a FIN. Only our own flag tells them apart.
+    // pending completes that operation, usually with an error (995 or 64; Wine 8:
+    // 676), but an earlier version of Microsoft's GetQueuedCompletionStatus page said
+    // it may come back TRUE with 0 bytes, exactly like a FIN. Only our own flag tells
+    // them apart.
     if (c.closing) {  // we closed the socket: this is its cancelled operation coming home
         free_connection(c);
         return;
     }
-    if (c.io.op == Op::kAdmit) {  // the accept thread's hand-over: c is the worker's alone now
+    if (c.io.op == Op::kAdmit) {  // the hand-over: c is the worker's alone now
         post_recv(c);
         return;
     }
     if (error != ERROR_SUCCESS) {
         if (!iocp::is_disconnect_error(static_cast<int>(error)))
-            std::cerr << "ch07: " << (c.io.op == Op::kRecv ? "WSARecv" : "WSASend") << " completed with error "
-                      << error << " " << iocp::error_text(static_cast<int>(error)) << "\n";
+            report(c.io.op == Op::kRecv ? "receive" : "send", error);
         close_connection(c);
         return;
     }
@@ -238,7 +236,8 @@ void EchoServer::worker_loop() {
         DWORD bytes = 0;
         ULONG_PTR key = 0;
         OVERLAPPED* overlapped = nullptr;
-        const BOOL ok = GetQueuedCompletionStatus(completion_port_.get(), &bytes, &key, &overlapped, INFINITE);
+        const BOOL ok = GetQueuedCompletionStatus(completion_port_.get(), &bytes, &key,
+                                                  &overlapped, INFINITE);
         const DWORD error = ok ? ERROR_SUCCESS : GetLastError();
         if (overlapped != nullptr) {
             // TRUE: the operation succeeded (or it is an admit packet the accept thread
@@ -247,7 +246,7 @@ void EchoServer::worker_loop() {
             // handle), the OVERLAPPED the operation (per I/O).
             IoContext* io = CONTAINING_RECORD(overlapped, IoContext, overlapped);
             Connection* c = reinterpret_cast<Connection*>(key);
-            if (io->connection != c) fatal("a packet whose key and OVERLAPPED disagree", ERROR_INVALID_DATA);
+            if (io->connection != c) fatal("key/OVERLAPPED check", ERROR_INVALID_DATA);
             complete(*c, error, bytes);
         } else if (!ok) {
             // FALSE with no OVERLAPPED: nothing was dequeued. With INFINITE this is not a
@@ -258,9 +257,10 @@ void EchoServer::worker_loop() {
             close_all();
             draining = true;
         } else {
-            std::cerr << "ch07: ignoring a posted packet with unknown key " << key << "\n";
+            std::cerr << "ch07: ignoring a packet with unknown key " << key << "\n";
         }
-        // Leave only when every operation has come home: each context is free by then.
+        // Leave only when every operation and admit packet has come home (in_flight_
+        // counts both): each context is free by then.
         if (draining && in_flight_ == 0) return;
     }
 }
@@ -270,16 +270,19 @@ void EchoServer::worker_loop() {
 void EchoServer::close_connection(Connection& c) {
     if (c.closing) return;
     c.closing = true;
-    // Cancel what is pending on the socket, then close it. The cancelled operation still
-    // completes, with an error, and its packet is how we learn the kernel is done with
-    // c.io and c.buffer. On Windows closesocket() alone cancels pending operations
+    // Cancel what is pending on the socket, then close it. The cancelled operation
+    // still completes, and its packet is how we learn that the kernel is done with c.io
+    // and c.buffer. On Windows closesocket() alone cancels pending operations
     // (closesocket, Remarks). Wine 8 leaves a send that waits for the peer to read
-    // pending after closesocket(), so the drain in stop() would wait forever; CancelIoEx
-    // completes it there too (995, ERROR_OPERATION_ABORTED), and is harmless on Windows.
-    // Only the worker closes an admitted connection's socket, and only the worker starts
-    // operations on it, so no Winsock call can run on it concurrently (see admit). The
-    // accept thread closes one only when the hand-over failed, before any other thread
-    // knew of it.
+    // pending after closesocket(), so the worker's drain would wait forever; CancelIoEx
+    // ends it there too (995). A cancel is not harmless in itself: after one, Microsoft
+    // leaves any further use of the socket undefined and says to call closesocket
+    // ("Overlapped I/O and Event Objects"), and a send cancelled part-way leaves the
+    // client a stream cut short. Both are fine here only because the socket is closed on
+    // the next line, and a connection we close is owed nothing more. Only the worker
+    // starts I/O on an admitted socket and closes it, so no Winsock call runs on it
+    // meanwhile (see admit); the accept thread closes one only when the hand-over
+    // failed, before any other thread knew of it.
     if (c.pending) CancelIoEx(reinterpret_cast<HANDLE>(c.socket.get()), nullptr);
     c.socket.reset();
     if (!c.pending) free_connection(c);
@@ -324,11 +327,10 @@ void EchoServer::stop() {
     // operation as it comes home (freeing its connection), and returns once none is
     // left in flight. Then nothing the kernel could still write to is freed early.
     while (!PostQueuedCompletionStatus(completion_port_.get(), 0, kExitKey, nullptr)) {
-        const DWORD err = GetLastError();
-        std::cerr << "ch07: PostQueuedCompletionStatus failed: " << err << " "
-                  << iocp::error_text(static_cast<int>(err)) << "; retrying\n";
+        report("PostQueuedCompletionStatus(exit)", GetLastError());  // and try again
         std::this_thread::sleep_for(kAcceptBackoff);
     }
+    // 3. Wait for the worker thread to end; the drain is the worker's, not ours.
     worker_.join();
     completion_port_.reset();
 }

@@ -16,6 +16,7 @@
 #include <list>
 #include <mutex>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "iocp/handle.h"
@@ -41,8 +42,11 @@ struct Limits {
 //! [server-class]
 class EchoServer {
 public:
-    explicit EchoServer(iocp::Endpoint where, Limits limits = {});
-    ~EchoServer();
+    explicit EchoServer(iocp::Endpoint where, Limits limits = {})
+        : where_(std::move(where)), limits_(limits) {
+        if (limits_.buffer_size == 0) limits_.buffer_size = 1;
+    }
+    ~EchoServer() { stop(); }
     EchoServer(const EchoServer&) = delete;
     EchoServer& operator=(const EchoServer&) = delete;
 
@@ -54,15 +58,16 @@ public:
     std::uint64_t connections_served() const { return served_.load(); }
     std::uint64_t clients_refused() const { return refused_.load(); }
 
-    /// Receives and sends started (and, on Windows, admissions posted to the worker)
+    /// Receives and sends started, and on Windows admit packets posted to the worker,
     /// whose completion has not been handled yet. Each one pins its connection: the
-    /// kernel owns that context and that buffer until then.
+    /// kernel (or the port's queue) owns that context and that buffer until then.
     std::size_t operations_in_flight() const { return in_flight_.load(); }
-    /// Sends the kernel completed with fewer bytes than asked, whose rest was posted again.
+    /// Sends completed with fewer bytes than asked, whose rest was posted again.
     std::uint64_t sends_reposted() const { return reposted_.load(); }
     /// Accepts that failed for a reason other than a client giving up (out of
-    /// descriptors, for instance). Each one is followed by a pause, never by a retry at once.
+    /// descriptors, for instance). Each is followed by a pause, never by a retry at once.
     std::uint64_t accept_failures() const { return accept_failures_.load(); }
+    //! [server-class]
 #ifndef _WIN32
     /// Times the worker found completions the ring's queue had no room for, waiting in
     /// the kernel. The queue is sized so that this stays 0 (a port's queue has no size).
@@ -71,23 +76,26 @@ public:
 
 private:
     struct Connection;
-    //! [io-context]
 #ifdef _WIN32
-    enum class Op { kRecv, kSend, kAdmit };  // kAdmit: the accept thread hands a client to the worker
-#else
-    enum class Op { kRecv, kSend, kAccept, kAcceptPause, kWake };
-#endif
+    //! [io-context]
+    enum class Op { kRecv, kSend, kAdmit };  // kAdmit: a client handed to the worker
 
     // One per connection: each connection has at most one operation in flight (receive,
     // then send all of it, then receive again), so one context is all it needs.
     struct IoContext {
-#ifdef _WIN32
-        OVERLAPPED overlapped;  // first: GQCS hands back &overlapped; CONTAINING_RECORD finds us
-#endif
+        OVERLAPPED overlapped;  // first: CONTAINING_RECORD finds us from its address
         Op op;
-        Connection* connection;  // nullptr for the ring's own operations (Linux)
+        Connection* connection;
     };
     //! [io-context]
+#else
+    enum class Op { kRecv, kSend, kAccept, kAcceptPause, kWake, kCancel };
+
+    struct IoContext {  // the same, without an OVERLAPPED: its address is the user_data
+        Op op;
+        Connection* connection;  // nullptr for the ring's own requests
+    };
+#endif
 
     //! [connection]
     struct Connection {
@@ -137,14 +145,16 @@ private:
 #else
     void check_kernel();
     io_uring_sqe* get_sqe();
+    std::size_t take_completions();  // handles every completion that is ready; returns how many
     void cancel(IoContext& io, iocp::socket_t fd);
 
     io_uring ring_{};                 // the submission and completion queues
     bool ring_ready_ = false;
     iocp::UniqueFd wake_;             // an eventfd: stop() writes it, the ring has a poll posted on it
-    __kernel_timespec accept_pause_{};  // how long accepting pauses after EMFILE
+    __kernel_timespec accept_pause_{0, 100'000'000};  // accepting pauses 100 ms after EMFILE
     IoContext accept_io_{};           // the pending accept (or its pause)
     IoContext wake_io_{};             // the pending eventfd poll
+    IoContext cancel_io_{Op::kCancel, nullptr};  // the context of every cancel request
     std::atomic<std::uint64_t> cq_overflows_{0};
     // Touched by the worker thread only:
     std::list<Connection> connections_;
@@ -155,6 +165,5 @@ private:
     bool draining_ = false;
 #endif
 };
-//! [server-class]
 
 }  // namespace ch07

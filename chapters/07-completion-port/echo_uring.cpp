@@ -1,7 +1,6 @@
-// Chapter 7 - the completion port's Linux twin: one io_uring, one thread. See
-// echo_server.h and docs/pages/ch07.md. The same functions in the same order as
-// echo_iocp.cpp, so that `diff echo_iocp.cpp echo_uring.cpp` shows only what the OS
-// changes.
+// Chapter 7 - the completion port's Linux twin: one io_uring, one thread. See echo_server.h
+// and docs/pages/ch07.md. The functions echo_iocp.cpp has come in the same order, so that
+// `diff echo_iocp.cpp echo_uring.cpp` shows only what the OS changes.
 #include "echo_server.h"
 
 #include <algorithm>
@@ -12,6 +11,7 @@
 #include <iostream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include <poll.h>
 #include <sys/eventfd.h>
@@ -23,7 +23,6 @@ namespace {
 // Submission queue entries: requests prepared between two submits (a full queue is
 // submitted at once). The completion queue is sized from max_clients in start().
 constexpr unsigned kRingEntries = 256;
-constexpr long long kAcceptBackoffNs = 100'000'000;  // 100 ms
 
 // A call on our own ring failed: the process is in a state we cannot reason about, and
 // freeing any context now could hand the kernel memory that is no longer ours.
@@ -32,23 +31,21 @@ constexpr long long kAcceptBackoffNs = 100'000'000;  // 100 ms
     std::abort();
 }
 
-}  // namespace
-
-EchoServer::EchoServer(iocp::Endpoint where, Limits limits) : where_(std::move(where)), limits_(limits) {
-    if (limits_.buffer_size == 0) limits_.buffer_size = 1;
+// A call failed and the server goes on: say which, with the number and its text.
+void report(const char* call, int error) {
+    std::cerr << "ch07: " << call << " failed: " << error << " " << iocp::error_text(error) << "\n";
 }
 
-EchoServer::~EchoServer() { stop(); }
+}  // namespace
 
 //! [start]
 void EchoServer::start() {
     //! [create-port]
     // One ring: a submission queue we fill with requests, a completion queue the kernel
-    // fills with results. The port's queue has no fixed size; the ring's has, so it is
-    // sized for the worst case: every connection with its one operation and a cancel of
-    // it in flight, plus the accept, its cancel and the eventfd poll (and one spare).
-    // IORING_SETUP_CLAMP turns a size beyond the kernel's limit into that limit, which is
-    // then checked; the completion queue may not be smaller than the submission queue.
+    // fills with results. A port's queue has no size; a ring's has, so it is sized for
+    // the worst case: each connection's one operation and a cancel of it, plus the accept,
+    // its cancel and the eventfd poll (and a spare). IORING_SETUP_CLAMP turns a size past
+    // the kernel's cap into the cap, checked below (never below the submission queue).
     const std::size_t max_clients = std::min<std::size_t>(limits_.max_clients, UINT_MAX / 2 - 2);
     const std::size_t needed = std::max<std::size_t>(2 * max_clients + 4, 2 * kRingEntries);
     io_uring_params params{};
@@ -59,15 +56,13 @@ void EchoServer::start() {
         // the rings' memory counts against RLIMIT_MEMLOCK (ulimit -l).
         throw iocp::SystemError(rc == -EINVAL   ? "io_uring_queue_init_params (Linux 5.6 or later needed)"
                                 : rc == -ENOMEM ? "io_uring_queue_init_params (locked memory: see ulimit -l)"
-                                                : "io_uring_queue_init_params",
-                                -rc);
+                                                : "io_uring_queue_init_params", -rc);
     }
     ring_ready_ = true;
     if (const std::size_t most = (params.cq_entries - 4) / 2; limits_.max_clients > most)
         throw std::runtime_error("ch07: max_clients " + std::to_string(limits_.max_clients) + " needs a completion queue of " +
                                  std::to_string(2 * max_clients + 4) + " entries; this kernel allows " +
-                                 std::to_string(params.cq_entries) + ", enough for at most " + std::to_string(most) +
-                                 " clients");
+                                 std::to_string(params.cq_entries) + ", enough for " + std::to_string(most) + " clients");
     // Should the queue fill up all the same, a completion must never be dropped:
     // IORING_FEAT_NODROP (Linux 5.5) keeps the overflow in the kernel until there is room.
     if ((params.features & IORING_FEAT_NODROP) == 0)
@@ -78,7 +73,6 @@ void EchoServer::start() {
     if (!wake_) iocp::throw_last_error("eventfd");
     listener_ = iocp::listen_tcp(where_);
     port_ = iocp::local_port(listener_.get());
-    accept_pause_.tv_nsec = kAcceptBackoffNs;
     worker_ = std::thread([this] { worker_loop(); });
 }
 //! [start]
@@ -89,16 +83,11 @@ void EchoServer::start() {
 void EchoServer::check_kernel() {
     io_uring_probe* probe = io_uring_get_probe_ring(&ring_);
     if (probe == nullptr) throw std::runtime_error("ch07: this kernel has no io_uring opcode probe (Linux 5.6 or later needed)");
-    struct Needed {
-        int op;
-        const char* name;
-    };
-    const Needed needed[] = {{IORING_OP_RECV, "RECV"},   {IORING_OP_SEND, "SEND"},
-                             {IORING_OP_ACCEPT, "ACCEPT"}, {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"},
-                             {IORING_OP_TIMEOUT, "TIMEOUT"}, {IORING_OP_POLL_ADD, "POLL_ADD"}};
     std::string missing;
-    for (const Needed& n : needed)
-        if (!io_uring_opcode_supported(probe, n.op)) missing += std::string(missing.empty() ? "" : ", ") + "IORING_OP_" + n.name;
+    for (const auto& [op, name] : {std::pair{IORING_OP_RECV, "RECV"}, {IORING_OP_SEND, "SEND"}, {IORING_OP_ACCEPT, "ACCEPT"},
+                                   {IORING_OP_ASYNC_CANCEL, "ASYNC_CANCEL"}, {IORING_OP_TIMEOUT, "TIMEOUT"},
+                                   {IORING_OP_POLL_ADD, "POLL_ADD"}})
+        if (!io_uring_opcode_supported(probe, op)) missing += std::string(missing.empty() ? "" : ", ") + "IORING_OP_" + name;
     io_uring_free_probe(probe);
     if (!missing.empty()) throw std::runtime_error("ch07: this kernel's io_uring lacks " + missing + " (Linux 5.6 or later needed)");
 }
@@ -137,9 +126,9 @@ void EchoServer::accept_clients() {
 void EchoServer::admit(iocp::UniqueSocket client) {
     if (live_ >= limits_.max_clients) {
         ++refused_;
-        std::cerr << "ch07: refusing " << iocp::peer_address(client.get()) << ": at the cap of "
-                  << limits_.max_clients << " clients\n";
-        return;  // closed here: the client sees EOF, or a reset if it had already sent bytes
+        std::cerr << "ch07: refusing " << iocp::peer_address(client.get())
+                  << ": at the cap of " << limits_.max_clients << " clients\n";
+        return;  // closed here: the client sees EOF (a reset if it had sent bytes)
     }
     try {
         // An echo split over two sends would wait ~40 ms for the peer's delayed ACK
@@ -155,11 +144,7 @@ void EchoServer::admit(iocp::UniqueSocket client) {
     c->socket = std::move(client);
     c->buffer.resize(limits_.buffer_size);
     c->io.connection = c;
-    //! [associate]
-    // Nothing to associate: a ring takes requests on any descriptor, and each request
-    // carries its own context (user_data). There is no per-handle key.
-    //! [associate]
-    post_recv(*c);
+    post_recv(*c);  // nothing to associate: each request carries its own context (user_data)
 }
 //! [admit]
 
@@ -212,8 +197,7 @@ void EchoServer::complete(Connection& c, int result) {
     }
     if (result < 0) {
         if (!iocp::is_disconnect_error(-result))
-            std::cerr << "ch07: " << (c.io.op == Op::kRecv ? "recv" : "send") << " completed with error "
-                      << -result << " " << iocp::error_text(-result) << "\n";
+            report(c.io.op == Op::kRecv ? "receive" : "send", -result);
         close_connection(c);
         return;
     }
@@ -245,8 +229,9 @@ void EchoServer::complete(Connection& c, int result) {
 
 //! [dispatch]
 // What the port does with its completion key, the ring does with user_data: it names
-// the request. Besides the connections' receives and sends, the ring has three of its
-// own: the accept, the pause after a failed accept, and the poll on the wake-up eventfd.
+// the request. Besides the connections' receives and sends, the ring has four kinds of
+// its own: the accept, the pause after a failed accept, the poll on the wake-up eventfd,
+// and the cancel requests.
 void EchoServer::on_completion(IoContext& io, int result) {
     switch (io.op) {
     case Op::kRecv:
@@ -255,10 +240,8 @@ void EchoServer::on_completion(IoContext& io, int result) {
         return;
     case Op::kAccept:
         accept_pending_ = false;
-        if (draining_) {
-            if (result >= 0) iocp::close_socket(result);  // arrived as we stopped
-            return;
-        }
+        if (draining_ && result >= 0) iocp::close_socket(result);  // arrived as we stopped
+        if (draining_) return;
         if (result >= 0) {
             admit(iocp::UniqueSocket(result));
         } else if (!iocp::is_disconnect_error(-result) && -result != EINTR) {
@@ -266,7 +249,7 @@ void EchoServer::on_completion(IoContext& io, int result) {
             // the client stays queued, and accepting again at once would fail at once.
             // Pause with a timeout request, so that the thread keeps serving the others.
             ++accept_failures_;
-            std::cerr << "ch07: accept failed: " << -result << " " << iocp::error_text(-result) << "\n";
+            report("accept", -result);
             io_uring_sqe* sqe = get_sqe();
             if (sqe == nullptr) {  // no entry for the pause either: accept again after the next submit
                 accept_retry_ = true;
@@ -286,19 +269,46 @@ void EchoServer::on_completion(IoContext& io, int result) {
         return;
     case Op::kWake:  // stop()'s exit packet: the eventfd became readable
         wake_pending_ = false;
-        if (result < 0) std::cerr << "ch07: poll(eventfd) failed: " << iocp::error_text(-result) << "\n";
+        if (result < 0) report("poll(eventfd)", -result);
         draining_ = true;
         close_all();
+        return;
+    case Op::kCancel:  // a cancel request's own completion; its target completes on its own
+        --cancels_in_flight_;
+        // -ENOENT: the target had finished already; -EALREADY: it was running and has
+        // been told to stop. Both are normal: the target's completion still comes.
+        if (result < 0 && result != -ENOENT && result != -EALREADY) report("cancel", -result);
         return;
     }
 }
 //! [dispatch]
 
+//! [reap]
+// Takes every completion that is ready, not one per wake-up, and returns how many.
+// Each batch is copied out and its slots given back before any is handled: handling
+// submits new requests, and their completions need room in the queue.
+std::size_t EchoServer::take_completions() {
+    std::size_t handled = 0;
+    for (;;) {
+        if (io_uring_cq_has_overflow(&ring_)) ++cq_overflows_;  // never, with the queue sized in start()
+        io_uring_cqe* cqes[64];
+        const unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 64);
+        if (n == 0) return handled;
+        // A completion is user_data, given back untouched (our IoContext*, the key and
+        // the OVERLAPPED in one), and res: a byte count or -errno, never both.
+        std::pair<IoContext*, int> done[64];
+        for (unsigned i = 0; i < n; ++i) done[i] = {static_cast<IoContext*>(io_uring_cqe_get_data(cqes[i])), cqes[i]->res};
+        io_uring_cq_advance(&ring_, n);  // the slots are the kernel's again: read them first
+        for (unsigned i = 0; i < n; ++i) on_completion(*done[i].first, done[i].second);
+        handled += n;
+    }
+}
+//! [reap]
+
 //! [worker]
 void EchoServer::worker_loop() {
     // The mailbox for stop()'s exit packet: a poll on the eventfd, pending until it is
-    // written. (A poll, not a read: a poll request only waits, and never occupies one
-    // of the kernel's worker threads, whatever the kernel version.)
+    // written (a poll only waits: it never takes one of the kernel's worker threads).
     io_uring_sqe* sqe = get_sqe();
     if (sqe == nullptr) fatal("io_uring_get_sqe(eventfd)", EBUSY);  // cannot be: the ring is empty
     wake_io_.op = Op::kWake;
@@ -316,37 +326,7 @@ void EchoServer::worker_loop() {
         // at least one completion is queued: GetQueuedCompletionStatus, in one call.
         const int rc = io_uring_submit_and_wait(&ring_, polling ? 0 : 1);
         if (rc < 0 && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) fatal("io_uring_submit_and_wait", -rc);
-        // Take every completion that is ready, not one per wake-up. Each batch is copied
-        // out and its slots given back before any is handled: handling submits new
-        // requests, and their completions need room in the queue.
-        std::size_t handled = 0;
-        for (;;) {
-            if (io_uring_cq_has_overflow(&ring_)) ++cq_overflows_;  // never, with the queue sized in start()
-            io_uring_cqe* cqes[64];
-            const unsigned n = io_uring_peek_batch_cqe(&ring_, cqes, 64);
-            if (n == 0) break;
-            // A completion is user_data, given back untouched (our IoContext*, the key and
-            // the OVERLAPPED in one), and res: a byte count or -errno, never both.
-            struct Done {
-                IoContext* io;
-                int result;
-            } done[64];
-            for (unsigned i = 0; i < n; ++i) done[i] = {static_cast<IoContext*>(io_uring_cqe_get_data(cqes[i])), cqes[i]->res};
-            io_uring_cq_advance(&ring_, n);  // the slots are the kernel's again: read them first
-            for (unsigned i = 0; i < n; ++i) {
-                if (done[i].io != nullptr) {
-                    on_completion(*done[i].io, done[i].result);
-                } else {  // a cancel request's own completion; its target completes separately
-                    --cancels_in_flight_;
-                    // -ENOENT: the target had finished already; -EALREADY: it was running and
-                    // has been told to stop. Both are normal: the target still completes.
-                    const int r = done[i].result;
-                    if (r < 0 && r != -ENOENT && r != -EALREADY)
-                        std::cerr << "ch07: cancel: " << -r << " " << iocp::error_text(-r) << "\n";
-                }
-            }
-            handled += n;
-        }
+        const std::size_t handled = take_completions();
         // Leave only when every request has come home: each context is free by then.
         if (draining_ && in_flight_ == 0 && !accept_pending_ && !wake_pending_ && cancels_in_flight_ == 0) return;
         if (polling && handled == 0) std::this_thread::sleep_for(std::chrono::milliseconds(1));
@@ -362,11 +342,8 @@ void EchoServer::close_connection(Connection& c) {
     // to the socket. So the pending operation is cancelled by name; it still completes
     // (-ECANCELED, or its real result if it finished first), and that completion is how
     // we learn the kernel is done with c.io and c.buffer. The socket closes with c.
-    if (c.pending) {
-        cancel(c.io, c.socket.get());
-    } else {
-        free_connection(c);
-    }
+    if (c.pending) cancel(c.io, c.socket.get());
+    if (!c.pending) free_connection(c);
 }
 
 void EchoServer::free_connection(Connection& c) {
@@ -387,7 +364,7 @@ void EchoServer::cancel(IoContext& io, iocp::socket_t fd) {
         return;
     }
     io_uring_prep_cancel(sqe, &io, 0);
-    io_uring_sqe_set_data(sqe, nullptr);
+    io_uring_sqe_set_data(sqe, &cancel_io_);  // every cancel request shares this context
     ++cancels_in_flight_;
 }
 //! [close]
@@ -407,15 +384,12 @@ void EchoServer::close_all() {
 void EchoServer::stop() {
     if (worker_.joinable()) {
         stopping_ = true;
-        // 1. Stop accepting: nothing to do here. The accept is a request in the ring,
-        // and the worker cancels it with everything else.
-        // 2. The exit packet: eight bytes on the eventfd complete the poll the ring has
-        // pending on it. The worker then cancels every request, handles each one as it
-        // comes home (freeing its connection), and returns once none is left in flight.
+        // 1. Stop accepting: nothing to do; the worker cancels the accept with the rest.
+        // 2. The exit packet: eight bytes on the eventfd complete the ring's poll on it.
+        // 3. Wait for the worker thread to end; the drain is the worker's, as on Windows.
         const std::uint64_t one = 1;
-        while (::write(wake_.get(), &one, sizeof one) < 0) {
+        while (::write(wake_.get(), &one, sizeof one) < 0)
             if (errno != EINTR) fatal("write(eventfd)", errno);
-        }
         worker_.join();
     }
     listener_.reset();

@@ -27,9 +27,11 @@ int main(int argc, char** argv) {
         iocp::StopSignal stop_signal;  // before any thread starts
         ch07::EchoServer server(where, limits);
         server.start();
-        std::cout << "listening on " << iocp::to_string({where.host, server.port()}) << std::endl;
+        std::cout << "listening on " << iocp::to_string({where.host, server.port()})
+                  << std::endl;
         const std::string why = stop_signal.wait();
-        std::cout << why << ": stopping after " << server.connections_served() << " connection(s)" << std::endl;
+        std::cout << why << ": stopping after " << server.connections_served()
+                  << " connection(s)" << std::endl;
         server.stop();
     } catch (const std::exception& e) {
         std::cerr << "ch07_echo_server: " << e.what() << "\n";
