@@ -2,12 +2,13 @@
 // New here: a count of outstanding operations per connection, and the connection freed
 // by whoever takes it to zero once it is closing; our own close told apart from the
 // peer's reset by a closing flag set before anything is cancelled (CancelIoEx, or
-// IORING_OP_ASYNC_CANCEL), whatever error the cancelled operations bring back (64, 995,
-// Wine's 676; -ECANCELED, -ECONNRESET), with each kind of ending counted and only the
-// unexpected logged; a table of connection slots with a generation per slot, so that
-// every completion names (slot, generation) and one that outlived its connection is
-// counted and dropped instead of reaching the next connection in the same slot, at the
-// same address or on the same socket value; stop() in a fixed order with a bounded drain.
+// IORING_OP_ASYNC_CANCEL), whatever the cancelled operations bring back (995, or 64 just
+// like a reset, or even success; -ECANCELED, -ECONNRESET, a byte count), with each kind
+// of ending counted and only the unexpected logged; a table of connection slots with a
+// generation per slot, so that every completion names (slot, generation) and one that
+// outlived its connection is counted and dropped instead of reaching the next connection
+// in the same slot, at the same address or on the same socket value; stop() in a fixed
+// order with a bounded drain.
 // On Windows only workers start I/O: the accept thread hands each connection over with a
 // packet of its own. The code is split by concern, the same six files on each side:
 // iocp/ (Windows) and uring/ (Linux, one io_uring per worker, the tag in user_data),

@@ -30,7 +30,6 @@ void EchoServer::accept_clients() {
 }
 //! [accept]
 
-//! [admit]
 //! [hand-over]
 // On the accept thread, with c.mutex held and c's socket associated with the port: c
 // goes to the workers in a packet of our own, and this thread starts no I/O, as in
@@ -62,6 +61,8 @@ void EchoServer::hand_over(Connection& c) {
 }
 //! [hand-over]
 
+//! [admit]
+// On the accept thread, for each client accepted.
 void EchoServer::admit(iocp::UniqueSocket client) {
     if (live_ >= limits_.max_clients) {  // only this thread adds connections: no race
         ++refused_;

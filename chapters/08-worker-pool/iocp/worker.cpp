@@ -15,11 +15,12 @@ void EchoServer::worker_loop(Worker& w) {
         const DWORD error = ok ? ERROR_SUCCESS : GetLastError();
         //! [matrix]
         if (overlapped == nullptr) {
-            // FALSE, no OVERLAPPED: nothing was dequeued. With INFINITE this is not a
-            // timeout: the port itself failed (ERROR_ABANDONED_WAIT_0: closed under us;
-            // Wine 8 does not even wake us then). As in chapter 7, the process stops
-            // loudly: a worker that quietly left would leave its share of the
-            // completions, and stop()'s drain, waiting forever.
+            // FALSE, no OVERLAPPED: nothing was dequeued, and bytes and key are not to be
+            // read ("their values are indeterminate", GetQueuedCompletionStatus, Remarks).
+            // With INFINITE this is not a timeout: the port itself failed
+            // (ERROR_ABANDONED_WAIT_0: closed under us; Wine 8 does not even wake us then).
+            // As in chapter 7, the process stops loudly: a worker that quietly left would
+            // leave its share of the completions, and stop()'s drain, waiting.
             if (!ok) fatal("GetQueuedCompletionStatus", error);
             // TRUE, no OVERLAPPED: a packet we posted ourselves. The exit packet: this
             // worker leaves, and takes no other packet (stop() posts one per worker).

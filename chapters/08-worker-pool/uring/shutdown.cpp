@@ -25,10 +25,14 @@ void EchoServer::free_connection(Connection& c) {
     ++served_;
 }
 
-// IORING_OP_ASYNC_CANCEL finds the request by its user_data. A closing connection posts
-// nothing new and is freed only after both its operations have completed, so no other
-// request of this ring can carry the same address (chapter 9 adds generation tags for
-// the general case).
+// IORING_OP_ASYNC_CANCEL finds the request by its user_data, here the context's address,
+// and addresses are reused. Once both its operations have completed, the connection is
+// freed, perhaps before this cancel has even reached the kernel, and a new connection
+// at the same address may prepare a receive with the same user_data. The cancel still
+// cannot find it: the cancel entered the submission queue first, the kernel takes
+// entries in queue order, and a cancel does its work while it is submitted (liburing's
+// io_uring_prep_cancel(3), NOTES). Safe by that order alone; chapter 9 names requests
+// by generation tags instead, which do not depend on it.
 void EchoServer::cancel(Worker& w, IoContext& io, iocp::socket_t fd) {
     io_uring_sqe* sqe = get_sqe(w);
     if (sqe == nullptr) {

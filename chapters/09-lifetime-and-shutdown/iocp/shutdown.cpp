@@ -36,7 +36,9 @@ void EchoServer::close_connection(Connection& c, Why why) {
     if (!idle(c)) CancelIoEx(reinterpret_cast<HANDLE>(c.socket.get()), nullptr);
     c.socket.reset();
 }
+//! [close]
 
+//! [free]
 // Nobody can reach c any more: it is closing (nothing new is posted), nothing of it is
 // outstanding (no packet will name it), and it leaves the table here (close_all will
 // not find it). Its mutex is not held: it is destroyed with c.
@@ -63,7 +65,7 @@ void EchoServer::free_connection(Connection& c) {
     live_contexts_ -= 2;
     --live_;    // last: once live_connections() says 0, nothing of any connection is left
 }
-//! [close]
+//! [free]
 
 //! [close-all]
 // Runs on stop()'s thread, after the accept thread has ended, while the workers go on

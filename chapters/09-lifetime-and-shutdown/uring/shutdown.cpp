@@ -26,7 +26,9 @@ void EchoServer::close_connection(Connection& c, Why why) {
     if (c.receiving) cancel(*c.worker, make_tag(c.slot, c.generation, false), c.socket.get());
     if (c.sending > 0) cancel(*c.worker, make_tag(c.slot, c.generation, true), c.socket.get());
 }
+//! [close]
 
+//! [free]
 // Nobody can reach c any more: it is closing (nothing new is posted), nothing of it is
 // outstanding (no completion will name it), and it leaves the table here.
 void EchoServer::free_connection(Connection& c) {
@@ -49,7 +51,9 @@ void EchoServer::free_connection(Connection& c) {
     live_contexts_ -= 2;
     --live_;  // last: once live_connections() says 0, nothing of any connection is left
 }
+//! [free]
 
+//! [cancel]
 // IORING_OP_ASYNC_CANCEL finds the request by its user_data: here a tag that names one
 // generation of one slot, so the cancel can never find a later connection's request,
 // even if it reaches the kernel after that connection has taken the slot.
@@ -65,7 +69,7 @@ void EchoServer::cancel(Worker& w, std::uint64_t tag, iocp::socket_t fd) {
     io_uring_sqe_set_data64(sqe, kCancelTag);
     ++w.cancels_in_flight;
 }
-//! [close]
+//! [cancel]
 
 //! [close-all]
 // Runs on worker w, for w's connections only: each worker drains its own ring.
