@@ -391,7 +391,7 @@ TEST(Ch08EchoServer, ABurstOfFifteenHundredClientsIsEchoedInFull) {
     auto clients = testsupport::connect_burst(at, kMany, 4, echoed);
     EXPECT_EQ(kMany, echoed);
     EXPECT_EQ(static_cast<std::size_t>(kMany), server->live_connections());
-    clients.clear();
+    testsupport::reset_all(clients);  // no TIME_WAIT left behind (see reset_all)
     EXPECT_TRUE(testsupport::eventually(
         [&] { return server->live_connections() == 0 && server->operations_in_flight() == 0; },
         std::chrono::seconds(30)))

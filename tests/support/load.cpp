@@ -54,6 +54,11 @@ std::vector<iocp::TestClient> connect_burst(const iocp::Endpoint& at, int count,
     return all;
 }
 
+void reset_all(std::vector<iocp::TestClient>& clients) {
+    for (auto& c : clients) c.reset();
+    clients.clear();
+}
+
 std::vector<iocp::TestClient> stalled_hogs(const iocp::Endpoint& at, int count) {
     constexpr std::size_t kLimit = 64u << 20;
     std::vector<iocp::TestClient> hogs;

@@ -22,6 +22,12 @@ namespace testsupport {
 /// `echoed` says how many came back right. Bounded by a 120 s watchdog.
 std::vector<iocp::TestClient> connect_burst(const iocp::Endpoint& at, int count, int threads, int& echoed);
 
+/// Closes every client with a reset (SO_LINGER 0), for tests that do not care how a
+/// client leaves. A client that closes first with a FIN keeps its port in TIME_WAIT,
+/// and Windows keeps it there for minutes out of 16,384 ephemeral ports by default: the
+/// thousands of clients of a full ctest run would exhaust them. A reset leaves nothing.
+void reset_all(std::vector<iocp::TestClient>& clients);
+
 /// `count` clients that each echo "hi" once, then push megabytes and never read, until
 /// none has taken a byte for 300 ms: the server's send to each is stuck, with the next
 /// chunk waiting behind it. Throws if a client took 64 MiB without stalling.

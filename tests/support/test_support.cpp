@@ -99,7 +99,39 @@ std::optional<std::size_t> count_entries(const char* dir) {
 }
 }  // namespace
 std::optional<std::size_t> open_descriptors() { return count_entries("/proc/self/fd"); }
-std::optional<std::size_t> thread_count() { return count_entries("/proc/self/task"); }
+// Threads that are alive, and not io_uring's own. A thread that has just been joined
+// can still be listed for a moment, as a zombie ('Z') or dead ('X') task, until the kernel
+// has released it. And since Linux 5.12 the kernel runs a ring's async workers (iou-wrk-*,
+// and iou-sqp-* for SQPOLL) as threads of the process that owns the ring, started when a
+// request must block and ended a while after the ring is gone: they come and go on their
+// own, like the Windows loader's pool below, and no stop() can wait for them.
+std::optional<std::size_t> thread_count() {
+    DIR* d = opendir("/proc/self/task");
+    if (!d) return std::nullopt;
+    std::size_t n = 0;
+    while (const dirent* e = readdir(d)) {
+        if (e->d_name[0] == '.') continue;
+        // /proc/self/task/TID/stat: "TID (name) STATE ..."; the name may hold spaces.
+        std::FILE* f = std::fopen(("/proc/self/task/" + std::string(e->d_name) + "/stat").c_str(), "r");
+        if (f == nullptr) continue;  // released since readdir(): gone
+        char line[512] = {};
+        const bool got = std::fgets(line, sizeof line, f) != nullptr;
+        std::fclose(f);
+        const char* open = got ? std::strchr(line, '(') : nullptr;
+        const char* close = got ? std::strrchr(line, ')') : nullptr;
+        if (open == nullptr || close == nullptr || close[1] == '\0') {
+            ++n;  // unreadable: count it rather than hide a thread
+            continue;
+        }
+        const std::string name(open + 1, close);
+        const char state = close[2];
+        if (state == 'Z' || state == 'X') continue;
+        if (name.rfind("iou-", 0) == 0) continue;
+        ++n;
+    }
+    closedir(d);
+    return n;
+}
 #elif defined(_WIN32)
 // Handles are not counted: Winsock and the runtime open handles of their own at
 // unpredictable times. Threads are, with a Toolhelp snapshot (Wine implements it), but
