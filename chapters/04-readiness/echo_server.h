@@ -61,6 +61,7 @@ public:
     /// always one on Linux. (Windows adds one more thread that accepts.)
     std::size_t waiting_threads() const;
 
+    //! [server-class]
     //! [connection]
     /// One client. Only the thread that waits for its readiness touches it.
     struct Connection {
@@ -76,6 +77,7 @@ public:
         bool peer_done = false;        // the client sent FIN: echo the rest, then close
     };
     //! [connection]
+    //! [server-members]
 
 private:
 #ifdef _WIN32
@@ -111,6 +113,6 @@ private:
     std::unordered_map<int, Connection> connections_;  // loop thread only
 #endif
 };
-//! [server-class]
+//! [server-members]
 
 }  // namespace ch04

@@ -70,6 +70,7 @@ public:
 
 private:
     struct Connection;
+    //! [server-class]
     //! [io-context]
     enum class Op { kRecv, kSend };
 
@@ -94,6 +95,7 @@ private:
         std::list<Connection>::iterator self;  // where it lives, to erase it
     };
     //! [connection]
+    //! [server-members]
 
     static void CALLBACK on_completion(DWORD error, DWORD bytes, LPWSAOVERLAPPED overlapped, DWORD flags);
     void complete(Connection& c, DWORD error, DWORD bytes);
@@ -125,6 +127,6 @@ private:
     std::list<Connection> connections_;  // touched by the I/O thread only (routines too)
     std::chrono::steady_clock::time_point accept_paused_until_{};  // I/O thread only
 };
-//! [server-class]
+//! [server-members]
 
 }  // namespace ch06
