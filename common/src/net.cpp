@@ -114,9 +114,11 @@ void UniqueSocket::reset(socket_t s) noexcept {
 // ---------------------------------------------------------------------------------------
 // Addresses and listeners
 
-namespace {
-
-std::string format_address(const sockaddr_storage& ss) {
+std::string address_text(const sockaddr* addr, socklen_t len) {
+    sockaddr_storage ss{};
+    if (addr == nullptr || len <= 0 || static_cast<std::size_t>(len) > sizeof ss) return "?";
+    std::memcpy(&ss, addr, static_cast<std::size_t>(len));
+    if (ss.ss_family != AF_INET && ss.ss_family != AF_INET6) return "?";
     char host[INET6_ADDRSTRLEN] = {};
     std::uint16_t port = 0;
     std::string out;
@@ -135,8 +137,6 @@ std::string format_address(const sockaddr_storage& ss) {
     }
     return out.append(":").append(std::to_string(port));
 }
-
-}  // namespace
 
 // Numeric addresses only: a tutorial server binds what the reader typed, no DNS.
 SocketAddress resolve(const Endpoint& where) {
@@ -209,7 +209,14 @@ std::string peer_address(socket_t s) {
     sockaddr_storage ss{};
     socklen_t len = sizeof ss;
     if (getpeername(s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
-    return format_address(ss);
+    return address_text(reinterpret_cast<const sockaddr*>(&ss), len);
+}
+
+std::string local_address(socket_t s) {
+    sockaddr_storage ss{};
+    socklen_t len = sizeof ss;
+    if (getsockname(s, reinterpret_cast<sockaddr*>(&ss), &len) != 0) return "?";
+    return address_text(reinterpret_cast<const sockaddr*>(&ss), len);
 }
 
 UniqueSocket connect_tcp(const Endpoint& to) {

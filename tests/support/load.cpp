@@ -130,9 +130,10 @@ void EchoLoad::finish() {
 #ifndef _WIN32
 void expect_accept_to_pause_through_a_shortage(const iocp::Endpoint& at,
                                                const std::vector<iocp::TestClient*>& connected,
-                                               const std::function<std::uint64_t()>& accept_failures) {
+                                               const std::function<std::uint64_t()>& accept_failures,
+                                               bool lower) {
     // One free descriptor: for the client's socket, none for the server's.
-    DescriptorShortage shortage(1);
+    DescriptorShortage shortage(1, lower);
     const auto shortage_began = std::chrono::steady_clock::now();
     auto late = iocp::TestClient::connect(at);
     late.send("late");

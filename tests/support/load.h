@@ -70,10 +70,12 @@ private:
 /// descriptors while `late` connects and sends "late"; every client in `connected`
 /// must still get its echo, `accept_failures()` must show a server that pauses 100 ms
 /// between tries (at most one failure per 100 ms, plus the first) rather than one that
-/// spins, and `late` must be served once descriptors are back.
+/// spins, and `late` must be served once descriptors are back. `lower`: see
+/// DescriptorShortage (false for a multishot accept, under a DescriptorLimit).
 void expect_accept_to_pause_through_a_shortage(const iocp::Endpoint& at,
                                                const std::vector<iocp::TestClient*>& connected,
-                                               const std::function<std::uint64_t()>& accept_failures);
+                                               const std::function<std::uint64_t()>& accept_failures,
+                                               bool lower = true);
 #endif
 
 }  // namespace testsupport

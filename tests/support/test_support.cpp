@@ -208,17 +208,23 @@ std::optional<std::string> too_few_descriptors(std::size_t needed) {
 }
 
 #ifndef _WIN32
-DescriptorShortage::DescriptorShortage(std::size_t spare) {
+DescriptorShortage::DescriptorShortage(std::size_t spare, bool lower) {
     // UBSan checks the dynamic type of std::cerr the first time a member is called on
     // it (a server's log line does), and that check opens a pipe: during the shortage
     // it would fail and report a false error. One call now puts the answer in its cache.
     const std::size_t open_now = open_descriptors().value_or(0);
     std::cerr << "[ info     ] " << open_now << " descriptors open before the shortage\n";
     if (getrlimit(RLIMIT_NOFILE, &saved_) != 0) throw std::runtime_error(std::string("getrlimit: ") + std::strerror(errno));
-    rlimit low = saved_;
-    low.rlim_cur = static_cast<rlim_t>(open_now + 16);
-    if (setrlimit(RLIMIT_NOFILE, &low) != 0) throw std::runtime_error(std::string("setrlimit: ") + std::strerror(errno));
-    lowered_ = true;
+    if (lower) {
+        rlimit low = saved_;
+        low.rlim_cur = static_cast<rlim_t>(open_now + 16);
+        if (setrlimit(RLIMIT_NOFILE, &low) != 0)
+            throw std::runtime_error(std::string("setrlimit: ") + std::strerror(errno));
+        lowered_ = true;
+    } else if (saved_.rlim_cur > open_now + 4096) {
+        throw std::runtime_error("DescriptorShortage(lower = false) would take over 4096 descriptors: "
+                                 "lower the limit first (DescriptorLimit)");
+    }
     for (int fd = ::dup(0); fd >= 0; fd = ::dup(0)) taken_.push_back(fd);
     for (std::size_t i = 0; i < spare && !taken_.empty(); ++i) {
         ::close(taken_.back());
@@ -232,6 +238,16 @@ void DescriptorShortage::end() {
     if (lowered_) setrlimit(RLIMIT_NOFILE, &saved_);
     lowered_ = false;
 }
+
+DescriptorLimit::DescriptorLimit(std::size_t headroom) {
+    if (getrlimit(RLIMIT_NOFILE, &saved_) != 0) throw std::runtime_error(std::string("getrlimit: ") + std::strerror(errno));
+    rlimit low = saved_;
+    low.rlim_cur = static_cast<rlim_t>(open_descriptors().value_or(0) + headroom);
+    if (low.rlim_cur > saved_.rlim_cur) low.rlim_cur = saved_.rlim_cur;
+    if (setrlimit(RLIMIT_NOFILE, &low) != 0) throw std::runtime_error(std::string("setrlimit: ") + std::strerror(errno));
+}
+
+DescriptorLimit::~DescriptorLimit() { setrlimit(RLIMIT_NOFILE, &saved_); }
 #endif
 
 bool running_under_wine() {

@@ -64,12 +64,13 @@ bool running_under_wine();
 
 #ifndef _WIN32
 /// Runs this process out of descriptors until end() or destruction: the soft
-/// RLIMIT_NOFILE comes down to what is open now plus a few, and dup() takes all but
-/// `spare` of those. A server's accept() then fails with EMFILE while a test client
-/// still has room for its socket. end() closes them and puts the limit back.
+/// RLIMIT_NOFILE comes down to what is open now plus a few (unless `lower` is false:
+/// then the limit stays as it is), and dup() takes all but `spare` of those. A
+/// server's accept() then fails with EMFILE while a test client still has room for its
+/// socket. end() closes them and puts the limit back.
 class DescriptorShortage {
 public:
-    explicit DescriptorShortage(std::size_t spare);
+    explicit DescriptorShortage(std::size_t spare, bool lower = true);
     ~DescriptorShortage() { end(); }
     DescriptorShortage(const DescriptorShortage&) = delete;
     DescriptorShortage& operator=(const DescriptorShortage&) = delete;
@@ -79,6 +80,22 @@ private:
     rlimit saved_{};
     bool lowered_ = false;
     std::vector<int> taken_;
+};
+
+/// Lowers the soft RLIMIT_NOFILE to what is open now plus `headroom`, until
+/// destruction. For a server that reads the limit once: io_uring's accept reads it
+/// when the request is prepared, so a multishot accept armed before a shortage lowers
+/// the limit never sees it. Lower it first, start the server, then run short with
+/// DescriptorShortage(spare, false), which fills up to this limit.
+class DescriptorLimit {
+public:
+    explicit DescriptorLimit(std::size_t headroom);
+    ~DescriptorLimit();
+    DescriptorLimit(const DescriptorLimit&) = delete;
+    DescriptorLimit& operator=(const DescriptorLimit&) = delete;
+
+private:
+    rlimit saved_{};
 };
 #endif
 

@@ -135,8 +135,12 @@ UniqueSocket listen_tcp(const Endpoint& where, int backlog = SOMAXCONN);
 /// The local port a socket is bound to (the real one after binding port 0).
 std::uint16_t local_port(socket_t s);
 
-/// "127.0.0.1:6000" / "[::1]:6000" for the socket's peer.
+/// "127.0.0.1:6000" / "[::1]:6000" for the socket's peer ("?" if it has none).
 std::string peer_address(socket_t s);
+/// The same for the socket's own address.
+std::string local_address(socket_t s);
+/// The same for an IPv4 or IPv6 address of `len` bytes; "?" for anything else.
+std::string address_text(const sockaddr* addr, socklen_t len);
 
 /// A numeric address (IPv4 or IPv6 literal, no DNS) ready for bind() or connect().
 struct SocketAddress {
