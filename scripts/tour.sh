@@ -119,6 +119,11 @@ echo
 echo "=== chapter 9: lifetime and shutdown (the same pool; stop() drains every operation first)"
 run_chapter "09 io_uring, 2 rings" "$bin/chapters/09-lifetime-and-shutdown/ch09_echo_server" 100 200 0 --threads 2
 
+echo
+echo "=== chapter 10: no accept thread (one multishot accept here; AcceptEx on Windows)"
+run_chapter "10 io_uring, 2 rings" "$bin/chapters/10-acceptex/ch10_echo_server" 100 200 0 --threads 2 --quiet
+echo "ch10: $(grep '^accepts:' "$tmp/server.log")"
+
 # The Windows-only chapters (and the Windows twins of 4 and 7), cross-built with
 # mingw-w64 and run under Wine, driven by the same Linux load generator: Wine's
 # sockets are the host's. These rates measure Wine as much as the model.
@@ -127,6 +132,7 @@ if command -v x86_64-w64-mingw32-g++-posix >/dev/null && [ -x /usr/lib/wine/wine
     echo "=== Windows models under Wine (building preset mingw-wine: the servers only)"
     cmake --preset mingw-wine >/dev/null
     cmake --build --preset mingw-wine --target ch04_echo_server ch05_echo_server ch06_echo_server ch07_echo_server ch08_echo_server ch09_echo_server \
+        ch10_echo_server \
         >build/tour-wine-build.log 2>&1 || { tail -n 40 build/tour-wine-build.log; exit 1; }
     launcher=(bash "$root/cmake/wine-run.sh")
     win=$root/build/mingw-wine/chapters
@@ -136,6 +142,8 @@ if command -v x86_64-w64-mingw32-g++-posix >/dev/null && [ -x /usr/lib/wine/wine
     run_chapter "07 IOCP, Wine" "$win/07-completion-port/ch07_echo_server.exe" 100 50
     run_chapter "08 IOCP, 4 workers, Wine" "$win/08-worker-pool/ch08_echo_server.exe" 100 50 0 --threads 4
     run_chapter "09 IOCP, 4 workers, Wine" "$win/09-lifetime-and-shutdown/ch09_echo_server.exe" 100 50 0 --threads 4
+    run_chapter "10 AcceptEx x16, Wine" "$win/10-acceptex/ch10_echo_server.exe" 100 50 0 --threads 4 --accepts 16 --quiet
+    echo "ch10: $(tr -d '\r' <"$tmp/server.log" | grep '^accepts:')"
     launcher=()
 else
     echo "(no mingw-w64 or Wine: the Windows-only chapters 5 and 6 are not run here)"
