@@ -10,6 +10,12 @@
 
 #include "test_support.h"
 
+#ifndef _WIN32
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+#endif
+
 namespace testsupport {
 
 using std::chrono::milliseconds;
@@ -58,6 +64,59 @@ void reset_all(std::vector<iocp::TestClient>& clients) {
     for (auto& c : clients) c.reset();
     clients.clear();
 }
+
+#ifdef _WIN32
+IdleConnections::IdleConnections(const iocp::Endpoint& at, std::size_t count) {
+    clients_.reserve(count);
+    for (std::size_t i = 0; i < count; ++i) clients_.push_back(iocp::TestClient::connect(at));
+}
+
+IdleConnections::~IdleConnections() { reset_all(clients_); }
+#else
+IdleConnections::IdleConnections(const iocp::Endpoint& at, std::size_t count) {
+    const iocp::SocketAddress addr = iocp::resolve(at);
+    int ready[2];
+    int hold[2];
+    if (::pipe(ready) != 0 || ::pipe(hold) != 0) throw std::runtime_error("pipe failed");
+    const pid_t pid = ::fork();
+    if (pid < 0) throw std::runtime_error("fork failed");
+    if (pid == 0) {
+        // The child: system calls only (the parent's other threads may have held a
+        // lock of the allocator when it forked). Each connection closes with a reset,
+        // so that none lingers in TIME_WAIT afterwards.
+        ::close(ready[0]);
+        ::close(hold[1]);
+        std::size_t made = 0;
+        for (std::size_t i = 0; i < count; ++i) {
+            const int s = ::socket(addr.family(), SOCK_STREAM, 0);
+            if (s < 0 || ::connect(s, addr.get(), addr.length) != 0) break;
+            const linger reset{1, 0};
+            ::setsockopt(s, SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+            ++made;
+        }
+        if (::write(ready[1], &made, sizeof made) != static_cast<ssize_t>(sizeof made)) ::_exit(1);
+        char byte = 0;
+        while (::read(hold[0], &byte, 1) > 0) {
+        }
+        ::_exit(0);  // every socket closes, with its reset
+    }
+    ::close(ready[1]);
+    ::close(hold[0]);
+    child_ = pid;
+    hold_ = hold[1];
+    std::size_t made = 0;
+    const ssize_t got = ::read(ready[0], &made, sizeof made);
+    ::close(ready[0]);
+    if (got != static_cast<ssize_t>(sizeof made) || made != count)
+        throw std::runtime_error("the child process connected " + std::to_string(made) + " of " +
+                                 std::to_string(count) + " idle connections");
+}
+
+IdleConnections::~IdleConnections() {
+    if (hold_ >= 0) ::close(hold_);
+    if (child_ > 0) ::waitpid(child_, nullptr, 0);
+}
+#endif
 
 std::vector<iocp::TestClient> stalled_hogs(const iocp::Endpoint& at, int count) {
     constexpr std::size_t kLimit = 64u << 20;

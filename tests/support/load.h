@@ -28,6 +28,27 @@ std::vector<iocp::TestClient> connect_burst(const iocp::Endpoint& at, int count,
 /// thousands of clients of a full ctest run would exhaust them. A reset leaves nothing.
 void reset_all(std::vector<iocp::TestClient>& clients);
 
+/// `count` connections to `at` that say nothing, held until destruction, then reset.
+/// On Linux they live in a child process (fork), so this process spends descriptors
+/// on the server's side alone: 10,000 connections cost it 10,000, not 20,000 (the
+/// hard limit may be 20,000, and only a privileged process may raise it), and its
+/// resident memory is the server's. Elsewhere they are TestClients of this process.
+class IdleConnections {
+public:
+    IdleConnections(const iocp::Endpoint& at, std::size_t count);
+    ~IdleConnections();
+    IdleConnections(const IdleConnections&) = delete;
+    IdleConnections& operator=(const IdleConnections&) = delete;
+
+private:
+#ifdef _WIN32
+    std::vector<iocp::TestClient> clients_;
+#else
+    int child_ = -1;
+    int hold_ = -1;  // the child exits when this pipe closes
+#endif
+};
+
 /// `count` clients that each echo "hi" once, then push megabytes and never read, until
 /// none has taken a byte for 300 ms: the server's send to each is stuck, with the next
 /// chunk waiting behind it. Throws if a client took 64 MiB without stalling.

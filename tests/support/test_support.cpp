@@ -194,13 +194,20 @@ std::optional<std::string> too_few_descriptors(std::size_t needed) {
     rlimit rl{};
     if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return std::string("getrlimit failed: ") + std::strerror(errno);
     if (rl.rlim_cur < needed) {
+        // The hard limit too, if it is below: only a privileged process (root, or
+        // CAP_SYS_RESOURCE) may raise it, and the skip below says so otherwise.
+        if (rl.rlim_max < needed) {
+            rlimit raised{static_cast<rlim_t>(needed), static_cast<rlim_t>(needed)};
+            setrlimit(RLIMIT_NOFILE, &raised);
+            getrlimit(RLIMIT_NOFILE, &rl);
+        }
         rl.rlim_cur = std::min<rlim_t>(rl.rlim_max, static_cast<rlim_t>(needed));
         setrlimit(RLIMIT_NOFILE, &rl);
         getrlimit(RLIMIT_NOFILE, &rl);
     }
     if (rl.rlim_cur < needed)
         return "RLIMIT_NOFILE hard limit " + std::to_string(rl.rlim_max) + " is below the " + std::to_string(needed) +
-               " descriptors this test needs (raise it with ulimit -Hn)";
+               " descriptors this test needs, and this process may not raise it (ulimit -Hn, as root)";
 #else
     (void)needed;
 #endif
@@ -249,6 +256,20 @@ DescriptorLimit::DescriptorLimit(std::size_t headroom) {
 
 DescriptorLimit::~DescriptorLimit() { setrlimit(RLIMIT_NOFILE, &saved_); }
 #endif
+
+std::optional<std::size_t> resident_bytes() {
+#ifdef __linux__
+    std::FILE* f = std::fopen("/proc/self/statm", "r");
+    if (f == nullptr) return std::nullopt;
+    unsigned long size = 0, resident = 0;
+    const int got = std::fscanf(f, "%lu %lu", &size, &resident);
+    std::fclose(f);
+    if (got != 2) return std::nullopt;
+    return static_cast<std::size_t>(resident) * static_cast<std::size_t>(sysconf(_SC_PAGESIZE));
+#else
+    return std::nullopt;
+#endif
+}
 
 bool running_under_wine() {
 #ifdef _WIN32

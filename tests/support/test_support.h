@@ -49,13 +49,16 @@ void finishes_within(std::chrono::milliseconds limit, const char* what, const st
 std::optional<std::size_t> open_descriptors();
 std::optional<std::size_t> thread_count();
 
+/// Resident memory of this process in bytes (Linux: /proc/self/statm); nullopt elsewhere.
+std::optional<std::size_t> resident_bytes();
+
 /// Polls `cond` until it holds or `limit` passes; returns its last value. For state
 /// that settles asynchronously (a server noticing a close), never for speed.
 bool eventually(const std::function<bool()>& cond, std::chrono::milliseconds limit = std::chrono::seconds(10));
 
 /// Why this process cannot hold `needed` descriptors, or nullopt if it can. On Linux
-/// the soft RLIMIT_NOFILE is first raised toward the hard one (as far as `needed`);
-/// the answer explains the skip when even the hard limit is too low. Windows: nullopt.
+/// the soft RLIMIT_NOFILE is first raised as far as `needed` (the hard one too, which
+/// only a privileged process may); the answer explains the skip. Windows: nullopt.
 std::optional<std::string> too_few_descriptors(std::size_t needed);
 
 /// True under Wine (its ntdll exports wine_get_version), where a few documented
