@@ -124,6 +124,11 @@ echo "=== chapter 10: no accept thread (one multishot accept here; AcceptEx on W
 run_chapter "10 io_uring, 2 rings" "$bin/chapters/10-acceptex/ch10_echo_server" 100 200 0 --threads 2 --quiet
 echo "ch10: $(grep '^accepts:' "$tmp/server.log")"
 
+echo
+echo "=== chapter 11: flow control (a provided buffer ring here; zero-byte receives and a pool on Windows)"
+run_chapter "11 io_uring, +900 idle" "$bin/chapters/11-flow-control/ch11_echo_server" 1 5000 900 --threads 2 --quiet
+echo "ch11: $(grep '^memory:' "$tmp/server.log")"
+
 # The Windows-only chapters (and the Windows twins of 4 and 7), cross-built with
 # mingw-w64 and run under Wine, driven by the same Linux load generator: Wine's
 # sockets are the host's. These rates measure Wine as much as the model.
@@ -132,7 +137,7 @@ if command -v x86_64-w64-mingw32-g++-posix >/dev/null && [ -x /usr/lib/wine/wine
     echo "=== Windows models under Wine (building preset mingw-wine: the servers only)"
     cmake --preset mingw-wine >/dev/null
     cmake --build --preset mingw-wine --target ch04_echo_server ch05_echo_server ch06_echo_server ch07_echo_server ch08_echo_server ch09_echo_server \
-        ch10_echo_server \
+        ch10_echo_server ch11_echo_server \
         >build/tour-wine-build.log 2>&1 || { tail -n 40 build/tour-wine-build.log; exit 1; }
     launcher=(bash "$root/cmake/wine-run.sh")
     win=$root/build/mingw-wine/chapters
@@ -144,6 +149,8 @@ if command -v x86_64-w64-mingw32-g++-posix >/dev/null && [ -x /usr/lib/wine/wine
     run_chapter "09 IOCP, 4 workers, Wine" "$win/09-lifetime-and-shutdown/ch09_echo_server.exe" 100 50 0 --threads 4
     run_chapter "10 AcceptEx x16, Wine" "$win/10-acceptex/ch10_echo_server.exe" 100 50 0 --threads 4 --accepts 16 --quiet
     echo "ch10: $(tr -d '\r' <"$tmp/server.log" | grep '^accepts:')"
+    run_chapter "11 pool, +900 idle, Wine" "$win/11-flow-control/ch11_echo_server.exe" 1 2000 900 --threads 4 --quiet
+    echo "ch11: $(tr -d '\r' <"$tmp/server.log" | grep '^memory:')"
     launcher=()
 else
     echo "(no mingw-w64 or Wine: the Windows-only chapters 5 and 6 are not run here)"
