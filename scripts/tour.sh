@@ -129,6 +129,21 @@ echo "=== chapter 11: flow control (a provided buffer ring here; zero-byte recei
 run_chapter "11 io_uring, +900 idle" "$bin/chapters/11-flow-control/ch11_echo_server" 1 5000 900 --threads 2 --quiet
 echo "ch11: $(grep '^memory:' "$tmp/server.log")"
 
+echo
+echo "=== chapter 12: timeouts (link timeouts here; a sweep of deadlines on Windows)"
+start_server "$bin/chapters/12-timeouts/ch12_echo_server" --idle-timeout-ms 300 --quiet
+# A client that connects and says nothing: the server closes it on its own. (bash's
+# /dev/tcp is the client; read ends at the server's FIN, or gives up after 5 s.)
+began=$(date +%s%N)
+exec 3<>"/dev/tcp/127.0.0.1/$port"
+rc=0; read -r -t 5 _ <&3 || rc=$?
+exec 3<&-
+[ "$rc" -gt 128 ] && { echo "ch12: unexpected: the silent client was not closed within 5 s"; exit 1; }
+echo "ch12: a client that said nothing was closed by the 300 ms idle timeout after $(( ($(date +%s%N) - began) / 1000000 )) ms"
+stop_server
+echo "ch12: $(grep '^timeouts:' "$tmp/server.log")"
+run_chapter "12 io_uring, timeouts on" "$bin/chapters/12-timeouts/ch12_echo_server" 100 200 0 --threads 2 --quiet --idle-timeout-ms 10000 --send-timeout-ms 10000
+
 # The Windows-only chapters (and the Windows twins of 4 and 7), cross-built with
 # mingw-w64 and run under Wine, driven by the same Linux load generator: Wine's
 # sockets are the host's. These rates measure Wine as much as the model.
@@ -137,7 +152,7 @@ if command -v x86_64-w64-mingw32-g++-posix >/dev/null && [ -x /usr/lib/wine/wine
     echo "=== Windows models under Wine (building preset mingw-wine: the servers only)"
     cmake --preset mingw-wine >/dev/null
     cmake --build --preset mingw-wine --target ch04_echo_server ch05_echo_server ch06_echo_server ch07_echo_server ch08_echo_server ch09_echo_server \
-        ch10_echo_server ch11_echo_server \
+        ch10_echo_server ch11_echo_server ch12_echo_server \
         >build/tour-wine-build.log 2>&1 || { tail -n 40 build/tour-wine-build.log; exit 1; }
     launcher=(bash "$root/cmake/wine-run.sh")
     win=$root/build/mingw-wine/chapters
@@ -151,6 +166,7 @@ if command -v x86_64-w64-mingw32-g++-posix >/dev/null && [ -x /usr/lib/wine/wine
     echo "ch10: $(tr -d '\r' <"$tmp/server.log" | grep '^accepts:')"
     run_chapter "11 pool, +900 idle, Wine" "$win/11-flow-control/ch11_echo_server.exe" 1 2000 900 --threads 4 --quiet
     echo "ch11: $(tr -d '\r' <"$tmp/server.log" | grep '^memory:')"
+    run_chapter "12 timeouts on, Wine" "$win/12-timeouts/ch12_echo_server.exe" 100 50 0 --threads 4 --quiet --idle-timeout-ms 10000 --send-timeout-ms 10000
     launcher=()
 else
     echo "(no mingw-w64 or Wine: the Windows-only chapters 5 and 6 are not run here)"
