@@ -254,6 +254,7 @@ private:
         std::size_t ring_bytes = 0;
         char* buffer_memory = nullptr;  // ring_buffers * buffer_size bytes, mapped
         std::size_t ring_buffers = 0;   // a power of two
+        std::size_t buffers_out = 0;    // of those, taken (take_buffer) and not given back
         std::vector<Buffer> buffers;    // by buffer id
         std::vector<std::uint64_t> waiting;  // tags of connections that found the ring empty
         std::vector<Slot> slots;    // its connection table

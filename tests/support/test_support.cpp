@@ -105,7 +105,8 @@ std::optional<std::size_t> open_descriptors() { return count_entries("/proc/self
 // and iou-sqp-* for SQPOLL) as threads of the process that owns the ring, started when a
 // request must block and ended a while after the ring is gone: they come and go on their
 // own, like the Windows loader's pool below, and no stop() can wait for them.
-std::optional<std::size_t> thread_count() {
+namespace {
+std::optional<std::size_t> live_threads_now() {
     DIR* d = opendir("/proc/self/task");
     if (!d) return std::nullopt;
     std::size_t n = 0;
@@ -131,6 +132,22 @@ std::optional<std::size_t> thread_count() {
     }
     closedir(d);
     return n;
+}
+}  // namespace
+
+// A thread that has just been joined can still be listed, and running its exit, for a
+// moment after pthread_join() returns (the join waits for the thread's id to be
+// cleared, not for the kernel to drop the task). So: two readings 2 ms apart that
+// agree, within half a second.
+std::optional<std::size_t> thread_count() {
+    std::optional<std::size_t> last = live_threads_now();
+    for (int i = 0; i < 250 && last; ++i) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(2));
+        const std::optional<std::size_t> now = live_threads_now();
+        if (now == last) return now;
+        last = now;
+    }
+    return last;
 }
 #elif defined(_WIN32)
 // Handles are not counted: Winsock and the runtime open handles of their own at

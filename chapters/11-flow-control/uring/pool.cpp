@@ -63,6 +63,7 @@ EchoServer::Buffer* EchoServer::take_buffer(Worker& w, unsigned flags) {
     b->lent = true;
     b->next = nullptr;
     b->length = b->sent = 0;
+    ++w.buffers_out;
     count_lent(1);
     return b;
 }
@@ -78,6 +79,7 @@ void EchoServer::give_back(Worker& w, Buffer* b) {
     io_uring_buf_ring_add(w.buffer_ring, b->data, static_cast<unsigned>(limits_.buffer_size), b->id,
                           io_uring_buf_ring_mask(static_cast<unsigned>(w.ring_buffers)), 0);
     io_uring_buf_ring_advance(w.buffer_ring, 1);
+    --w.buffers_out;
     count_lent(-1);
     while (!w.waiting.empty() && !w.draining) {
         const std::uint64_t tag = w.waiting.front();

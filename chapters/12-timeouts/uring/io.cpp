@@ -128,7 +128,13 @@ void EchoServer::advance(Connection& c, IoContext& io, Outcome outcome, std::siz
     if (outcome == Outcome::kFailed && io.op == Op::kRecv && error == ENOBUFS) {
         //! [wait-for-buffer]
         // The ring was empty when data arrived: the data stays in the socket, and c
-        // waits in line. The next buffer given back starts its receive again.
+        // waits in line. The next buffer given back starts its receive again. Unless one
+        // came back already, between the kernel's answer and this line, with nobody in
+        // line to hand it to: then waiting would be for ever, and c tries again now.
+        if (c.worker->buffers_out < c.worker->ring_buffers) {
+            post_recv(c);
+            return;
+        }
         c.waiting = true;
         c.worker->waiting.push_back(make_tag(c.slot, c.generation, Kind::kRecv));
         ++buffer_waits_;
