@@ -18,7 +18,12 @@ cmake --build --preset release -j "$(nproc 2>/dev/null || echo 2)" >build/tour-b
 bin=$root/build/release
 tmp=$(mktemp -d)
 server_pid=""
-cleanup() { [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null; rm -rf "$tmp"; }
+own_wineserver=0
+cleanup() {
+    [ -n "$server_pid" ] && kill "$server_pid" 2>/dev/null
+    [ "$own_wineserver" -eq 1 ] && bash "$root/cmake/wine-run.sh" --stop-server
+    rm -rf "$tmp"
+}
 trap cleanup EXIT
 
 # start_server <program> [args...]: starts it on a free port, sets $port and $server_pid.
@@ -154,6 +159,11 @@ if command -v x86_64-w64-mingw32-g++-posix >/dev/null && [ -x /usr/lib/wine/wine
     cmake --build --preset mingw-wine --target ch04_echo_server ch05_echo_server ch06_echo_server ch07_echo_server ch08_echo_server ch09_echo_server \
         ch10_echo_server ch11_echo_server ch12_echo_server \
         >build/tour-wine-build.log 2>&1 || { tail -n 40 build/tour-wine-build.log; exit 1; }
+    # One wineserver for the whole run, its prefix started now (see cmake/wine-run.sh):
+    # otherwise the first program starts the prefix's own programs, and a wineserver
+    # that exits between two programs can cut the next one off at its start.
+    own_wineserver=0
+    bash "$root/cmake/wine-run.sh" --start-server && own_wineserver=1
     launcher=(bash "$root/cmake/wine-run.sh")
     win=$root/build/mingw-wine/chapters
     run_chapter "04 WSAEventSelect, Wine" "$win/04-readiness/ch04_echo_server.exe" 100 50
@@ -168,6 +178,8 @@ if command -v x86_64-w64-mingw32-g++-posix >/dev/null && [ -x /usr/lib/wine/wine
     echo "ch11: $(tr -d '\r' <"$tmp/server.log" | grep '^memory:')"
     run_chapter "12 timeouts on, Wine" "$win/12-timeouts/ch12_echo_server.exe" 100 50 0 --threads 4 --quiet --idle-timeout-ms 10000 --send-timeout-ms 10000
     launcher=()
+    [ "$own_wineserver" -eq 1 ] && bash "$root/cmake/wine-run.sh" --stop-server
+    own_wineserver=0
 else
     echo "(no mingw-w64 or Wine: the Windows-only chapters 5 and 6 are not run here)"
 fi
