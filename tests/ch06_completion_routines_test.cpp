@@ -277,7 +277,13 @@ TEST(Ch06Server, StopCancelsEveryPendingReceiveAndWaitsForItsRoutine) {
         clients.push_back(TestClient::connect(at));
         ASSERT_EQ("hi", clients.back().echo("hi"));
     }
-    ASSERT_TRUE(eventually([&] { return server.operations_in_flight() == clients.size(); }));
+    // Idle means every echo's send routine has run too, not only that 50 operations are
+    // in flight: a client can read its "hi" before the server's thread runs the send's
+    // routine (49 receives and that send make 50 as well). Each echo of two bytes is
+    // exactly two routines, the receive's and the send's.
+    ASSERT_TRUE(eventually([&] {
+        return server.routines_run() == 2 * clients.size() && server.operations_in_flight() == clients.size();
+    })) << server.routines_run() << " routines, " << server.operations_in_flight() << " in flight";
     const std::uint64_t routines_before = server.routines_run();
     testsupport::finishes_within(kStopLimit, "stop() with 50 receives pending", [&] { server.stop(); });
     EXPECT_EQ(0u, server.operations_in_flight());

@@ -36,8 +36,8 @@ namespace ch11 {
 
 //! [limits]
 struct Limits {
-    // Each connection's memory is a Connection object (a few hundred bytes) and the
-    // buffers it has borrowed, at most its output budget: idle, none.
+    // Each connection's memory is a Connection object (connection_size(), 100-200
+    // bytes) and the buffers it has borrowed, at most its output budget: idle, none.
     std::size_t max_clients = 10000;
     // The size of every pool buffer: one receive reads at most this much.
     std::size_t buffer_size = 16 * 1024;
@@ -82,8 +82,8 @@ public:
 
     //! [memory-counters]
     /// Bytes the server holds for its connections right now, by its own count: every
-    /// Connection object, and every pool buffer lent out (received bytes waiting to be
-    /// echoed, or a receive in flight). An idle connection costs connection_size().
+    /// Connection object, and every pool buffer lent out (bytes waiting to be echoed;
+    /// Windows: a real receive's, granted or in flight). Idle: connection_size().
     std::size_t memory_held() const {
         return live_.load() * connection_size() + buffers_lent() * limits_.buffer_size;
     }

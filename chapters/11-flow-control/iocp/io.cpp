@@ -12,9 +12,10 @@ namespace ch11 {
 // Called with c.mutex held, like everything that touches a connection. A receive of
 // zero bytes: it completes when data arrives (or the peer closes, or resets), having
 // read nothing, and it holds no buffer while it waits. An idle connection costs its
-// Connection object and the kernel's socket, nothing else: no buffer of ours locked in
-// memory for the kernel, and no pages of the non-paged pool pinned for it while the
-// client thinks. (Every pending overlapped receive locks its buffer's pages.)
+// Connection object, the kernel's socket and the kernel's record of one pending
+// receive, nothing else: no buffer of ours locked in memory while the client thinks.
+// (A pending overlapped receive with a buffer keeps that buffer's pages locked until
+// it completes: Microsoft's MSDN Magazine article on scalable Winsock servers, 2000.)
 void EchoServer::post_peek(Connection& c) {
     c.recv.op = Op::kPeek;
     c.recv.overlapped = OVERLAPPED{};
@@ -154,6 +155,7 @@ void EchoServer::advance(Connection& c, IoContext& io, Outcome outcome, std::siz
         return;
     }
     switch (io.op) {
+    //! [peek-done]
     case Op::kPeek:  // data (or a FIN) is there: a buffer for the real receive, or a wait
         c.recv_buffer = take_buffer(c);
         if (c.recv_buffer != nullptr) post_recv(c);
@@ -162,6 +164,7 @@ void EchoServer::advance(Connection& c, IoContext& io, Outcome outcome, std::siz
         c.waiting = false;
         post_recv(c);
         return;
+    //! [peek-done]
     case Op::kRecv: {
         Buffer* b = std::exchange(c.recv_buffer, nullptr);
         if (outcome == Outcome::kPeerClosed) {  // FIN: nothing more will come

@@ -79,6 +79,7 @@ void EchoServer::give_back(Buffer* b) {
 }
 //! [give-back]
 
+//! [cancel-wait]
 // With c.mutex held, closing c: if c is still in line, it leaves it, and its wait is
 // over (true). If not, a grant packet is on its way and ends the wait when it comes.
 bool EchoServer::cancel_wait(Connection& c) {
@@ -91,6 +92,7 @@ bool EchoServer::cancel_wait(Connection& c) {
     --in_flight_;
     return true;
 }
+//! [cancel-wait]
 
 // The lent count and its peak, for the tests and the page.
 void EchoServer::count_lent(std::ptrdiff_t n) {

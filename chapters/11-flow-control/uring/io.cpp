@@ -117,7 +117,9 @@ void EchoServer::sent(Connection& c, std::size_t bytes) {
 void EchoServer::advance(Connection& c, IoContext& io, Outcome outcome, std::size_t bytes, int error) {
     if (outcome == Outcome::kFailed && io.op == Op::kRecv && error == ENOBUFS) {
         //! [wait-for-buffer]
-        // The ring was empty when data arrived: the data stays in the socket, and c
+        // The ring was empty when the kernel tried the receive: at once when it was
+        // submitted, whether data had come or not (the kernel picks the buffer before
+        // it reads), or later, when data arrived. Any data stays in the socket, and c
         // waits in line. The next buffer given back starts its receive again. Unless one
         // came back already, between the kernel's answer and this line, with nobody in
         // line to hand it to: then waiting would be for ever, and c tries again now.

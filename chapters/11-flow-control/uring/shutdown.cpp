@@ -91,8 +91,9 @@ void EchoServer::close_all(Worker& w) {
         if (c == nullptr) continue;
         const bool was_closing = c->closing;
         close_connection(*c, Why::kByUs);
-        // A connection always has an operation in flight between two completions, so
-        // this stays false; if it were not, the connection would be ours to free.
+        // A connection has an operation in flight between two completions, unless it
+        // waits for a buffer with nothing queued (its wait is no request): then it is
+        // idle here, and ours to free.
         if (!was_closing && idle(*c)) free_connection(*c);
     }
 }

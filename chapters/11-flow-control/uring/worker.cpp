@@ -74,12 +74,14 @@ void EchoServer::on_completion(Worker& w, IoContext& io, int result, unsigned fl
     case Op::kRecv:
     case Op::kSend:
         ++w.completions;
+        //! [which-buffer]
         // A receive that got data got a buffer from the ring with it: which one, the
         // flags say. It is the connection's until its bytes are echoed.
         if (io.op == Op::kRecv && (flags & IORING_CQE_F_BUFFER) != 0) {
             if (io.connection->recv_buffer != nullptr) ++pool_errors_;  // a receive while one was out
             io.connection->recv_buffer = take_buffer(w, flags);
         }
+        //! [which-buffer]
         //! [matrix]
         // The result matrix of a ring is one number: res.
         if (result < 0) {
