@@ -15,6 +15,8 @@ packages=(
     doxygen graphviz                        # the docs and their diagrams
     doxygen-awesome-css                     # the docs' theme (light and dark)
     python3                                 # the docs' "what changed since the last chapter" pages
+    libboost-dev                            # bench/peers/asio_echo: the Boost.Asio peer
+    python3-matplotlib                      # bench/compare.py's plots
 )
 
 missing=()
