@@ -4,6 +4,7 @@
     bench/compare.py                                   # the full matrix (about 40 min)
     bench/compare.py --connections 50,500 --sizes 128,4096 --servers ch09,ch13,epoll,asio
     bench/compare.py --quick                           # a smoke run: seconds, not minutes
+    bench/compare.py --servers ch13,ch13~multishot     # a step's effect: ch13 --without multishot
 
 For every repeat, every point (connections x message size) and every server in turn:
 the server starts on a free loopback port, pinned to core 0, with one worker thread
@@ -262,12 +263,14 @@ def main():
         sys.exit(f"compare: no {load}; build first: cmake --preset release && cmake --build --preset release")
     servers = find_servers(OPTS.build)
     if OPTS.servers:
+        # "ch13~multishot+fixed-files": chapter 13 run with --without multishot,fixed-files.
         wanted = OPTS.servers.split(",")
-        missing = [s for s in wanted if s not in servers]
+        missing = [s for s in wanted if s.split("~")[0] not in servers]
         if missing:
             sys.exit(f"compare: not built: {', '.join(missing)} (built: {', '.join(servers)})")
-        servers = {s: servers[s] for s in wanted}
-    args = {s: server_args(exe) for s, exe in servers.items()}
+        servers = {s: servers[s.split("~")[0]] for s in wanted}
+    args = {s: server_args(exe) + (["--without", s.split("~")[1].replace("+", ",")] if "~" in s else [])
+            for s, exe in servers.items()}
     conns = [int(c) for c in OPTS.connections.split(",")]
     sizes = [int(s) for s in OPTS.sizes.split(",")]
     os.makedirs(OPTS.out, exist_ok=True)

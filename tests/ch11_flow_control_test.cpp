@@ -30,6 +30,7 @@ using std::chrono::milliseconds;
 using testsupport::eventually;
 using testsupport::labelled_payload;
 using testsupport::make_payload;
+using testsupport::push_without_reading;
 using testsupport::same_bytes;
 
 namespace {
@@ -82,24 +83,6 @@ constexpr bool kSanitized =
 #else
     false;
 #endif
-
-// Pushes `total` bytes at the server without reading, until it takes no more for
-// 500 ms, or drops the connection; returns what it took.
-std::size_t push_without_reading(TestClient& c, std::size_t total) {
-    const std::string chunk = make_payload(1u << 20, 11);
-    std::size_t pushed = 0;
-    try {
-        for (int idle_rounds = 0; idle_rounds < 5 && pushed < total;) {
-            const std::size_t n = c.send_some(std::string_view(chunk).substr(0, std::min(chunk.size(), total - pushed)));
-            pushed += n;
-            idle_rounds = n == 0 ? idle_rounds + 1 : 0;
-            if (n == 0) std::this_thread::sleep_for(milliseconds(100));
-        }
-    } catch (const iocp::SystemError&) {
-        // The server dropped the client (the hard limit): what it took is the answer.
-    }
-    return pushed;
-}
 
 }  // namespace
 

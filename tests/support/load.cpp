@@ -2,11 +2,15 @@
 
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstddef>
 #include <exception>
 #include <iostream>
 #include <stdexcept>
 #include <string>
+#include <string_view>
+#include <thread>
 
 #include "test_support.h"
 
@@ -210,5 +214,21 @@ void expect_accept_to_pause_through_a_shortage(const iocp::Endpoint& at,
     EXPECT_EQ("late", late.recv_exact(4)) << "the client that waited through the shortage was not served";
 }
 #endif
+
+std::size_t push_without_reading(iocp::TestClient& c, std::size_t total) {
+    const std::string chunk = make_payload(1u << 20, 11);
+    std::size_t pushed = 0;
+    try {
+        for (int idle_rounds = 0; idle_rounds < 5 && pushed < total;) {
+            const std::size_t n = c.send_some(std::string_view(chunk).substr(0, std::min(chunk.size(), total - pushed)));
+            pushed += n;
+            idle_rounds = n == 0 ? idle_rounds + 1 : 0;
+            if (n == 0) std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+    } catch (const iocp::SystemError&) {
+        // The server dropped the client (the hard limit): what it took is the answer.
+    }
+    return pushed;
+}
 
 }  // namespace testsupport

@@ -99,4 +99,9 @@ void expect_accept_to_pause_through_a_shortage(const iocp::Endpoint& at,
                                                bool lower = true);
 #endif
 
+/// Pushes `total` bytes at the server on `c` without reading, until the server takes
+/// no more for 500 ms, or drops the connection; returns how many it took. (Chapters 11
+/// on: a client that never reads, against the output budget.)
+std::size_t push_without_reading(iocp::TestClient& c, std::size_t total);
+
 }  // namespace testsupport
