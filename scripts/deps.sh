@@ -17,6 +17,7 @@ packages=(
     python3                                 # the docs' "what changed since the last chapter" pages
     libboost-dev                            # bench/peers/asio_echo: the Boost.Asio peer
     python3-matplotlib                      # bench/compare.py's plots
+    linux-perf                              # bench/cpu_breakdown.py: where a server's CPU goes
 )
 
 missing=()

@@ -149,6 +149,15 @@ stop_server
 echo "ch12: $(grep '^timeouts:' "$tmp/server.log")"
 run_chapter "12 io_uring, timeouts on" "$bin/chapters/12-timeouts/ch12_echo_server" 100 200 0 --threads 2 --quiet --idle-timeout-ms 10000 --send-timeout-ms 10000
 
+echo
+echo "=== chapter 13: performance (multishot receives, single-issuer rings; GQCSEx and skip-on-success on Windows)"
+run_chapter "13 io_uring, 1 ring" "$bin/chapters/13-performance/ch13_echo_server" 100 200 0 --threads 1 --quiet
+echo "ch13: $(grep '^costs:' "$tmp/server.log")"
+run_chapter "13 io_uring, no steps" "$bin/chapters/13-performance/ch13_echo_server" 100 200 0 --threads 1 --quiet \
+    --without batch,multishot,single-issuer,registered-ring,fixed-files
+echo "ch13 --without every step: $(grep '^costs:' "$tmp/server.log")"
+echo "ch13: every server side by side, plotted: bench/compare.py (bench/results/)"
+
 # The Windows-only chapters (and the Windows twins of 4 and 7), cross-built with
 # mingw-w64 and run under Wine, driven by the same Linux load generator: Wine's
 # sockets are the host's. These rates measure Wine as much as the model.
@@ -157,7 +166,7 @@ if command -v x86_64-w64-mingw32-g++-posix >/dev/null && [ -x /usr/lib/wine/wine
     echo "=== Windows models under Wine (building preset mingw-wine: the servers only)"
     cmake --preset mingw-wine >/dev/null
     cmake --build --preset mingw-wine --target ch04_echo_server ch05_echo_server ch06_echo_server ch07_echo_server ch08_echo_server ch09_echo_server \
-        ch10_echo_server ch11_echo_server ch12_echo_server \
+        ch10_echo_server ch11_echo_server ch12_echo_server ch13_echo_server \
         >build/tour-wine-build.log 2>&1 || { tail -n 40 build/tour-wine-build.log; exit 1; }
     # One wineserver for the whole run, its prefix started now (see cmake/wine-run.sh):
     # otherwise the first program starts the prefix's own programs, and a wineserver
@@ -177,6 +186,11 @@ if command -v x86_64-w64-mingw32-g++-posix >/dev/null && [ -x /usr/lib/wine/wine
     run_chapter "11 pool, +900 idle, Wine" "$win/11-flow-control/ch11_echo_server.exe" 1 2000 900 --threads 4 --quiet
     echo "ch11: $(tr -d '\r' <"$tmp/server.log" | grep '^memory:')"
     run_chapter "12 timeouts on, Wine" "$win/12-timeouts/ch12_echo_server.exe" 100 50 0 --threads 4 --quiet --idle-timeout-ms 10000 --send-timeout-ms 10000
+    run_chapter "13 GQCSEx + skip, Wine" "$win/13-performance/ch13_echo_server.exe" 100 50 0 --threads 4 --quiet
+    echo "ch13: $(tr -d '\r' <"$tmp/server.log" | grep '^costs:')"
+    run_chapter "13 no steps, Wine" "$win/13-performance/ch13_echo_server.exe" 100 50 0 --threads 4 --quiet \
+        --without batch,skip-on-success
+    echo "ch13 --without batch,skip-on-success: $(tr -d '\r' <"$tmp/server.log" | grep '^costs:')"
     launcher=()
     [ "$own_wineserver" -eq 1 ] && bash "$root/cmake/wine-run.sh" --stop-server
     own_wineserver=0

@@ -173,6 +173,21 @@ TEST(BenchLoad, ATimedRunCountsOnlyItsWindow) {
     EXPECT_LT(t.messages, r.completed()) << "the warm-up's echoes are not counted";
 }
 
+TEST(BenchLoad, ATimedRunCountsAConnectionNeverServedAsAnError) {
+    iocp::WinsockGuard winsock;
+    // Only the first connection is echoed; the others wait in silence, as chapter 1's
+    // clients do behind the one it serves. The run ends on the clock, before the stall
+    // watchdog, and still reports the three it never served.
+    TwistedEcho server([](std::size_t conn, std::size_t, std::string&) { return conn == 0; });
+    load::Config c = rounds_config(server.port(), 4, 64, 0);
+    c.duration_s = 0.5;
+    c.stall_s = 30;
+    const load::Tally t = run(c);
+    EXPECT_EQ(3u, t.errors);
+    EXPECT_GT(t.messages, 0u);
+    EXPECT_NE(std::string::npos, t.first_error.find("no echo in the whole run"));
+}
+
 TEST(BenchLoad, KnowsALoopbackAddressFromAnotherOne) {
     iocp::WinsockGuard winsock;
     EXPECT_TRUE(load::is_loopback(iocp::resolve({"127.0.0.1", 1})));

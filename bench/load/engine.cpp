@@ -168,6 +168,15 @@ public:
                 return;
             }
         }
+        // A timed run ends on the clock, so a connection the server never served would
+        // go unnoticed (one client at a time, chapter 1): each must have had an echo.
+        std::size_t starved = 0;
+        for (const Conn& c : conns_)
+            if (c.open && c.k == 0) ++starved;
+        if (starved > 0) {
+            tally_.errors += starved;
+            note(std::to_string(starved) + " connection(s) got no echo in the whole run");
+        }
     }
 
 private:

@@ -96,12 +96,12 @@ void EchoServer::start() {
 //! [start]
 
 //! [ifs]
-// FILE_SKIP_COMPLETION_PORT_ON_SUCCESS is safe only where every provider that may sit
-// between us and TCP hands out real kernel handles: a layered service provider (LSP)
-// that is not an IFS one completes operations its own way, and may report success at
-// once and queue a packet all the same (SetFileCompletionNotificationModes, Remarks).
-// Each provider says so in its protocol entry: XP1_IFS_HANDLES. Any TCP entry of our
-// address family without it, and the step stays off.
+// On a socket, FILE_SKIP_COMPLETION_PORT_ON_SUCCESS works only with layered service
+// providers (LSPs) that return Installable File System (IFS) handles; a non-IFS LSP
+// completes operations its own way, behind the I/O manager's back. The mode's entry on
+// the SetFileCompletionNotificationModes page says how to tell: WSAEnumProtocols, and
+// the XP1_IFS_HANDLES bit of each entry's dwServiceFlags1. Any TCP entry of our address
+// family without it, and the step stays off.
 bool EchoServer::providers_are_ifs(int family) {
     INT protocols[] = {IPPROTO_TCP, 0};
     DWORD size = 0;
