@@ -91,29 +91,6 @@ std::size_t ring_share(const ch13::EchoServer& s) {
 #endif
 }
 
-// `clients` clients, each echoing `rounds` labelled messages of `size` bytes; every
-// echo checked. Returns how many came back right.
-int echo_rounds(const iocp::Endpoint& at, int clients, int rounds, std::size_t size) {
-    std::atomic<int> right{0};
-    std::vector<std::thread> threads;
-    for (int t = 0; t < clients; ++t) {
-        threads.emplace_back([&, t] {
-            try {
-                auto c = TestClient::connect(at);
-                for (int r = 0; r < rounds; ++r) {
-                    const std::string m = labelled_payload(size, static_cast<std::uint32_t>(t * 1000 + r),
-                                                           "client " + std::to_string(t) + " round " + std::to_string(r));
-                    if (same_bytes(m, c.echo(m, testsupport::kPatientTimeout))) ++right;
-                }
-            } catch (const std::exception& e) {
-                ADD_FAILURE() << "client " << t << ": " << e.what();
-            }
-        });
-    }
-    for (auto& th : threads) th.join();
-    return right.load();
-}
-
 }  // namespace
 
 //! [features]
@@ -150,7 +127,7 @@ TEST(Ch13Steps, EachStepLeavesItsMarkInTheCounts) {
     for (const bool on : {true, false}) {
         CH13_START_SERVER(server, on ? all_steps() : no_steps());
         const iocp::Endpoint at{"127.0.0.1", server->port()};
-        ASSERT_EQ(20 * 50, echo_rounds(at, 20, 50, 300)) << counts(*server);
+        ASSERT_EQ(20 * 50, testsupport::echo_labelled_rounds(at, 20, 50, 300)) << counts(*server);
         ASSERT_TRUE(eventually([&] { return server->live_connections() == 0; })) << counts(*server);
         std::cout << "[ info     ] steps " << (on ? "on: " : "off: ") << counts(*server) << "\n";
 #ifdef _WIN32
@@ -231,11 +208,24 @@ TEST(Ch13Pool, AnExhaustedPoolStillServesEveryClientRight) {
     limits.output_high = 16 * 1024;
     limits.output_low = 0;
     CH13_START_SERVER(server, limits);
-    EXPECT_EQ(20 * 20, echo_rounds({"127.0.0.1", server->port()}, 20, 20, 40 * 1024)) << counts(*server);
+    const iocp::Endpoint at{"127.0.0.1", server->port()};
+    EXPECT_EQ(20 * 20, testsupport::echo_labelled_rounds(at, 20, 20, 40 * 1024)) << counts(*server);
     EXPECT_EQ(0u, server->pool_errors()) << counts(*server);
     EXPECT_GE(server->buffer_waits(), 1u) << counts(*server);
 }
 //! [pool-exhaustion]
+
+// Chapter 11's line, with a multishot receive: a connection woken from the line that
+// finds only a FIN takes no buffer, and the next in line gets its turn.
+TEST(Ch13Pool, AConnectionThatLeavesTheLinePassesItsTurnOn) {
+    ch13::Limits limits = all_steps(1);
+    limits.pool_buffers = 1;
+    CH13_START_SERVER(server, limits);
+    const iocp::Endpoint at{"127.0.0.1", server->port()};
+    EXPECT_EQ("my turn", testsupport::turn_after_a_leaver(at, [&] { return server->buffer_waits(); }))
+        << counts(*server);
+    EXPECT_EQ(0u, server->pool_errors()) << counts(*server);
+}
 
 //! [timeouts]
 // The timeouts, rewritten on Linux as a sweep: an idle client is closed after its

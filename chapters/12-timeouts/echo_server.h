@@ -301,6 +301,7 @@ private:
     void make_buffer_ring(Worker& w);
     Buffer* take_buffer(Worker& w, unsigned flags);
     void give_back(Worker& w, Buffer* b);
+    void serve_line(Worker& w);
     void free_buffer_ring(Worker& w);
 #endif
     void count_lent(std::ptrdiff_t n);

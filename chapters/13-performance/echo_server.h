@@ -155,6 +155,7 @@ private:
     void make_buffer_ring(Worker& w);
     Buffer* take_buffer(Worker& w, unsigned flags);
     void give_back(Worker& w, Buffer* b);
+    void serve_line(Worker& w);
     void free_buffer_ring(Worker& w);
 #endif
     void count_lent(std::ptrdiff_t n);
@@ -167,6 +168,7 @@ private:
 #else
     // A request's file: the slot in the ring's table of registered sockets, or the descriptor.
     static int file_of(const Connection& c) { return c.fixed ? static_cast<int>(c.slot) : c.socket.get(); }
+    bool rearm(Connection& c);
     void arm_tick(Worker& w);
     void on_tick(Worker& w, int result);
     void sweep_timeouts(Worker& w);

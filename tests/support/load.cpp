@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <exception>
@@ -11,6 +12,7 @@
 #include <string>
 #include <string_view>
 #include <thread>
+#include <vector>
 
 #include "test_support.h"
 
@@ -215,6 +217,32 @@ void expect_accept_to_pause_through_a_shortage(const iocp::Endpoint& at,
 }
 #endif
 
+int echo_labelled_rounds(const iocp::Endpoint& at, int clients, int rounds, std::size_t size) {
+    std::atomic<int> right{0};
+    std::vector<std::thread> threads;
+    for (int t = 0; t < clients; ++t) {
+        threads.emplace_back([&, t] {
+            try {
+                auto c = iocp::TestClient::connect(at);
+                for (int r = 0; r < rounds; ++r) {
+                    const std::string payload = labelled_payload(size, static_cast<std::uint32_t>(t * 1000 + r),
+                                                                 "client " + std::to_string(t) + " round " + std::to_string(r));
+                    const auto same = same_bytes(payload, c.echo(payload, kPatientTimeout));
+                    if (same) {
+                        ++right;
+                    } else {
+                        ADD_FAILURE() << "client " << t << " round " << r << ": " << same.message();
+                    }
+                }
+            } catch (const std::exception& e) {
+                ADD_FAILURE() << "client " << t << ": " << e.what();
+            }
+        });
+    }
+    for (auto& th : threads) th.join();
+    return right.load();
+}
+
 std::size_t push_without_reading(iocp::TestClient& c, std::size_t total) {
     const std::string chunk = make_payload(1u << 20, 11);
     std::size_t pushed = 0;
@@ -229,6 +257,25 @@ std::size_t push_without_reading(iocp::TestClient& c, std::size_t total) {
         // The server dropped the client (the hard limit): what it took is the answer.
     }
     return pushed;
+}
+
+std::string turn_after_a_leaver(const iocp::Endpoint& at, const std::function<std::uint64_t()>& waits) {
+    auto hog = iocp::TestClient::connect(at);
+    push_without_reading(hog, 64u << 20);  // its echo, stuck in a send, holds the one buffer
+    auto leaver = iocp::TestClient::connect(at);  // in line, behind the hog
+#ifdef _WIN32
+    leaver.send("x");  // a zero-byte receive completes on data: then it needs a buffer
+#else
+    // Nothing to say: a receive asks the ring for its buffer when it is issued, so even
+    // a silent connection finds the ring empty and waits in line.
+#endif
+    if (!eventually([&] { return waits() >= 1; })) return "(the leaver never waited in line)";
+    auto talker = iocp::TestClient::connect(at);
+    talker.send("my turn");
+    if (!eventually([&] { return waits() >= 2; })) return "(the talker never waited in line)";
+    leaver.close();  // the first in line goes: on Linux a FIN, no bytes
+    hog.reset();     // the buffer comes back
+    return talker.recv_exact(7, kPatientTimeout);
 }
 
 }  // namespace testsupport

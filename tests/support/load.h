@@ -8,6 +8,7 @@
 #include <chrono>
 #include <cstdint>
 #include <functional>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -99,9 +100,21 @@ void expect_accept_to_pause_through_a_shortage(const iocp::Endpoint& at,
                                                bool lower = true);
 #endif
 
+/// `clients` threads, each with its own connection, echoing `rounds` labelled messages
+/// of `size` bytes (a different one each time, named by client and round); every echo
+/// checked, each wrong one reported as a test failure. Returns how many came back right.
+int echo_labelled_rounds(const iocp::Endpoint& at, int clients, int rounds, std::size_t size);
+
 /// Pushes `total` bytes at the server on `c` without reading, until the server takes
 /// no more for 500 ms, or drops the connection; returns how many it took. (Chapters 11
 /// on: a client that never reads, against the output budget.)
 std::size_t push_without_reading(iocp::TestClient& c, std::size_t total);
+
+/// The pool's line moving on (chapters 11-13, a server with one worker and one buffer):
+/// a client that never reads holds the buffer; behind it in line a client that then
+/// leaves, and one with bytes. When the buffer comes back the first in line wakes to its
+/// FIN and takes no buffer, and the turn must pass to the next. Returns what the last
+/// client got back: "my turn" if it did. `waits` reads the server's buffer_waits().
+std::string turn_after_a_leaver(const iocp::Endpoint& at, const std::function<std::uint64_t()>& waits);
 
 }  // namespace testsupport

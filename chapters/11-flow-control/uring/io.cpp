@@ -169,6 +169,10 @@ void EchoServer::advance(Connection& c, IoContext& io, Outcome outcome, std::siz
 //! [complete]
 // One finished operation of connection c, always on c's own worker.
 void EchoServer::complete(Connection& c, IoContext& io, Outcome outcome, std::size_t bytes, int error) {
+    Worker& w = *c.worker;  // c may be freed below
+    // A receive that ended with no bytes (FIN, an error, a cancel) took no buffer: one
+    // the line may have woken it for is still in the ring, for the next in line.
+    const bool left_buffer = io.op == Op::kRecv && c.recv_buffer == nullptr && error != ENOBUFS;
     --c.outstanding;
     --in_flight_;
     --c.worker->in_flight;
@@ -185,6 +189,7 @@ void EchoServer::complete(Connection& c, IoContext& io, Outcome outcome, std::si
         advance(c, io, outcome, bytes, error);
     }
     if (c.closing && idle(c)) free_connection(c);
+    if (left_buffer) serve_line(w);
 }
 //! [complete]
 

@@ -81,6 +81,19 @@ void EchoServer::give_back(Worker& w, Buffer* b) {
     io_uring_buf_ring_advance(w.buffer_ring, 1);
     --w.buffers_out;
     count_lent(-1);
+    serve_line(w);
+}
+//! [give-back]
+
+//! [serve-line]
+// A buffer lies in w's ring: the first connection in line that is still there receives
+// again, and finds it. Called when a buffer comes back, and when a receive ends without
+// taking the one that lies there: the kernel takes a buffer only for bytes, so a
+// receive that the line had woken and that then ends in a FIN or an error leaves it in
+// the ring, and without this call the rest of the line would wait for a buffer that
+// nobody will give back (a test found them waiting, the buffer in the ring).
+void EchoServer::serve_line(Worker& w) {
+    if (w.buffers_out >= w.ring_buffers) return;  // none there: the next give_back serves it
     while (!w.waiting.empty() && !w.draining) {
         const std::uint64_t tag = w.waiting.front();
         w.waiting.erase(w.waiting.begin());
@@ -91,7 +104,7 @@ void EchoServer::give_back(Worker& w, Buffer* b) {
         break;
     }
 }
-//! [give-back]
+//! [serve-line]
 
 // After the ring is closed (stop): the kernel holds no buffer any more.
 void EchoServer::free_buffer_ring(Worker& w) {

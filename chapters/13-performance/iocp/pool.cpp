@@ -71,6 +71,9 @@ void EchoServer::give_back(Buffer* b) {
         b->length = b->sent = 0;
         waiter->recv_buffer = b;
         waiter->recv.op = Op::kGrant;
+        // Zeroed, and this matters now: the batch loop reads each packet's status from
+        // its OVERLAPPED's Internal, which PostQueuedCompletionStatus leaves as it is.
+        // 0 is STATUS_SUCCESS: the grant reads as the success it is.
         waiter->recv.overlapped = OVERLAPPED{};
     }
     if (!PostQueuedCompletionStatus(completion_port_.get(), 0, make_tag(waiter->slot, waiter->generation),

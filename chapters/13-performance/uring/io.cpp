@@ -43,6 +43,19 @@ void EchoServer::post_recv(Connection& c) {
 }
 //! [post-recv]
 
+//! [rearm]
+// Arms c's receive if c should be receiving and is not: not paused at its budget, not
+// in line for a buffer (the line re-arms it), not past the peer's FIN, not closing, and
+// not armed already (a receive whose pause-cancel is on its way is still armed: its
+// -ECANCELED comes here). Every path that may start receiving again comes through here,
+// so no two receives are ever armed on one connection. True if it armed one.
+bool EchoServer::rearm(Connection& c) {
+    if (c.receiving || c.waiting || c.paused || c.peer_done || c.closing) return false;
+    post_recv(c);
+    return true;
+}
+//! [rearm]
+
 //! [post-send]
 // The oldest queued buffer, from where its last send stopped. One send at a time.
 void EchoServer::post_send(Connection& c) {
@@ -112,8 +125,8 @@ void EchoServer::queue_output(Connection& c, Buffer* b, std::size_t bytes) {
             c.cancelling = true;
             cancel(*c.worker, make_tag(c.slot, c.generation, Kind::kRecv), c.socket.get());
         }
-    } else if (!c.receiving) {
-        post_recv(c);  // it had ended (no F_MORE): armed again
+    } else {
+        rearm(c);  // if it had ended (no F_MORE): armed again
     }
     //! [pause]
 }
@@ -137,7 +150,7 @@ void EchoServer::sent(Connection& c, std::size_t bytes) {
     if (c.closing) return;
     if (c.paused && c.queued <= limits_.output_low && !c.peer_done) {
         c.paused = false;
-        if (!c.receiving) post_recv(c);  // else its cancel is on the way: advance re-arms it
+        rearm(c);  // unless its cancel is still on the way: then its -ECANCELED re-arms it
     } else if (c.head == nullptr && c.peer_done) {
         close_connection(c, Why::kPeerFin);  // all echoed: our FIN
     }
@@ -153,8 +166,10 @@ void EchoServer::advance(Connection& c, IoContext& io, Outcome outcome, std::siz
         // waits in line. The next buffer given back starts its receive again. Unless one
         // came back already, between the kernel's answer and this line, with nobody in
         // line to hand it to: then waiting would be for ever, and c tries again now.
+        // (Paused at its budget, c waits for its sends instead, which re-arm it.)
+        if (c.paused) return;
         if (c.worker->buffers_out < c.worker->ring_buffers) {
-            post_recv(c);
+            rearm(c);
             return;
         }
         c.waiting = true;
@@ -168,8 +183,7 @@ void EchoServer::advance(Connection& c, IoContext& io, Outcome outcome, std::siz
         // Our cancel at the high watermark took effect, on a connection still open
         // (a close sets the flag first, and never gets here). If the queue has drained
         // below the low watermark meanwhile, the receive is armed again at once.
-        c.cancelling = false;
-        if (!c.paused && !c.peer_done) post_recv(c);
+        rearm(c);
         return;
         //! [unpaused]
     }
@@ -213,12 +227,17 @@ void EchoServer::advance(Connection& c, IoContext& io, Outcome outcome, std::siz
 // multishot receive's completion that leaves it armed (IORING_CQE_F_MORE): still
 // outstanding, still receiving.
 void EchoServer::complete(Connection& c, IoContext& io, Outcome outcome, std::size_t bytes, int error, bool more) {
+    Worker& w = *c.worker;  // c may be freed below
+    // A receive that ended with no bytes (FIN, an error, a cancel) took no buffer: one
+    // the line may have woken it for is still in the ring, for the next in line.
+    const bool left_buffer = io.op == Op::kRecv && !more && c.recv_buffer == nullptr && error != ENOBUFS;
     if (!more) {
         --c.outstanding;
         --in_flight_;
         --c.worker->in_flight;
         if (io.op == Op::kRecv) {
             c.receiving = false;
+            c.cancelling = false;  // whatever ended it, no pause-cancel is pending on it now
             c.recv_deadline = {};
         } else {
             --c.sending;
@@ -234,6 +253,7 @@ void EchoServer::complete(Connection& c, IoContext& io, Outcome outcome, std::si
         advance(c, io, outcome, bytes, error);
     }
     if (c.closing && idle(c)) free_connection(c);
+    if (left_buffer) serve_line(w);
 }
 //! [complete]
 
