@@ -148,7 +148,8 @@ def machine():
 
 
 FIELDS = ["server", "connections", "size", "repeat", "status", "messages_per_s", "mb_per_s", "p50_us", "p99_us",
-          "max_us", "server_cpu_us_per_msg", "server_core_busy_share", "errors", "mismatches", "reason"]
+          "max_us", "server_cpu_us_per_msg", "server_core_busy_share", "server_core_steal_share", "errors",
+          "mismatches", "reason"]
 
 
 def summarize(runs):
@@ -166,6 +167,7 @@ def summarize(runs):
                 v = [float(r[f]) for r in ok]
                 row[f] = round(statistics.median(v), 3)
                 row[f + "_min"], row[f + "_max"] = round(min(v), 3), round(max(v), 3)
+            row["steal_share_max"] = round(max(float(r.get("server_core_steal_share", 0)) for r in ok), 3)
         rows.append(row)
     return rows
 
@@ -175,6 +177,7 @@ def plot(rows, out):
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
+        from matplotlib.transforms import blended_transform_factory
     except ImportError:
         system = "/usr/bin/python3"  # Debian's, where python3-matplotlib goes; PATH may name another
         if os.path.realpath(sys.executable) != os.path.realpath(system) and os.access(system, os.X_OK):
@@ -184,9 +187,12 @@ def plot(rows, out):
         return
     sizes = sorted({r["size"] for r in rows})
     servers = sorted({r["server"] for r in rows}, key=lambda s: (not s.startswith("ch"), s))
-    metrics = [("messages_per_s", "echoes per second", "throughput.svg"), ("p99_us", "p99 latency (us)", "p99.svg"),
-               ("server_cpu_us_per_msg", "server CPU per echo (us)", "cpu.svg")]
-    for field, label, name in metrics:
+    # Latency and CPU span two orders of magnitude (one connection costs a wake-up per
+    # echo, thousands share one): a log scale keeps every line readable.
+    metrics = [("messages_per_s", "echoes per second", "throughput.svg", False),
+               ("p99_us", "p99 latency (us)", "p99.svg", True),
+               ("server_cpu_us_per_msg", "server CPU per echo (us)", "cpu.svg", True)]
+    for field, label, name, log in metrics:
         fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4.2), squeeze=False)
         for ax, size in zip(axes[0], sizes):
             for i, s in enumerate(servers):
@@ -197,9 +203,13 @@ def plot(rows, out):
                                 markersize=3, label=s)
                 bad = [r["connections"] for r in pts if r["status"] != "ok"]
                 if bad:  # could not serve: an x on the axis, in the line's colour
-                    ax.plot(bad, [0] * len(bad), "x", color=line.get_color(), markersize=8, clip_on=False)
+                    ax.plot(bad, [0.0] * len(bad), "x", color=line.get_color(), markersize=8, clip_on=False,
+                            transform=blended_transform_factory(ax.transData, ax.transAxes))
             ax.set_xscale("log")
-            ax.set_ylim(bottom=0)
+            if log:
+                ax.set_yscale("log")
+            else:
+                ax.set_ylim(bottom=0)
             ax.set_title(f"{size} B messages")
             ax.set_xlabel("connections")
             ax.set_ylabel(label)
@@ -308,7 +318,7 @@ def main():
         f.write("# regenerate: bench/compare.py " + " ".join(sys.argv[1:]) + "\n")
         fields = ["server", "connections", "size", "runs", "ok", "status"] + [
             f + suffix for f in ["messages_per_s", "p99_us", "server_cpu_us_per_msg"] for suffix in ["", "_min", "_max"]
-        ] + ["reason"]
+        ] + ["steal_share_max", "reason"]
         w = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)

@@ -10,7 +10,8 @@
 // A timed run prints progress on stderr every second, and a summary: messages/s, MB/s
 // (payload one way), latency p50/p99/max, errors; --json prints the summary as JSON.
 // --server-cpu N (Linux) adds how busy core N was during the window, from /proc/stat,
-// softirq included: with the server pinned to that core, the server's CPU per message.
+// softirq included and a hypervisor's steal left out: with the server pinned to that
+// core, the server's CPU per message.
 // It connects only to loopback addresses unless --allow-remote, and always stops by
 // itself: at the end of its rounds or window, or when no echo comes for --stall seconds.
 #include <chrono>
@@ -33,7 +34,7 @@ namespace {
 
 // Core `core`'s busy and total time from /proc/stat, in clock ticks (Linux only).
 struct CoreTime {
-    double busy = 0, total = 0;
+    double busy = 0, total = 0, steal = 0;
 };
 bool read_core(long long core, CoreTime& out) {
     std::ifstream stat("/proc/stat");
@@ -47,8 +48,11 @@ bool read_core(long long core, CoreTime& out) {
         double user, nice, system, idle, iowait, irq, softirq, steal = 0;
         if (!(in >> user >> nice >> system >> idle >> iowait >> irq >> softirq)) return false;
         in >> steal;
-        out.busy = user + nice + system + irq + softirq + steal;
-        out.total = out.busy + idle + iowait;
+        // Steal is time the hypervisor gave this virtual CPU to someone else: not the
+        // server's work, so not busy; reported apart, as a sign of a noisy machine.
+        out.busy = user + nice + system + irq + softirq;
+        out.steal = steal;
+        out.total = out.busy + idle + iowait + steal;
         return true;
     }
     return false;
@@ -144,6 +148,9 @@ int main(int argc, char** argv) {
                                       ? (cpu_end.busy - cpu_start.busy) / (cpu_end.total - cpu_start.total)
                                       : 0;
         const double us_per_msg = cpu_ok && t.messages > 0 ? busy_s * 1e6 / static_cast<double>(t.messages) : 0;
+        const double steal_share = cpu_ok && cpu_end.total > cpu_start.total
+                                       ? (cpu_end.steal - cpu_start.steal) / (cpu_end.total - cpu_start.total)
+                                       : 0;
         const bool clean = t.errors == 0 && t.mismatches == 0 && t.messages > 0;
 
         char line[512];
@@ -153,11 +160,11 @@ int main(int argc, char** argv) {
                           "\"messages\": %llu, \"messages_per_s\": %.1f, \"mb_per_s\": %.3f, \"p50_us\": %.1f, "
                           "\"p99_us\": %.1f, \"max_us\": %.1f, \"errors\": %llu, \"mismatches\": %llu, "
                           "\"server_core\": %lld, \"server_core_busy_s\": %.2f, \"server_core_busy_share\": %.3f, "
-                          "\"server_cpu_us_per_msg\": %.3f}",
+                          "\"server_cpu_us_per_msg\": %.3f, \"server_core_steal_share\": %.3f}",
                           clients, run.config().threads, size, idle, secs, static_cast<unsigned long long>(t.messages),
                           rate, mbps, p50, p99, max, static_cast<unsigned long long>(t.errors),
                           static_cast<unsigned long long>(t.mismatches), cpu_ok ? core : -1, busy_s, busy_share,
-                          us_per_msg);
+                          us_per_msg, steal_share);
         } else if (duration == 0 && clean) {  // the line the chapter pages quote
             std::snprintf(line, sizeof line,
                           "%lld clients x %lld rounds x %lld bytes%s: all echoed byte-exact in %.3f s (%.0f round trips/s)",
@@ -172,8 +179,8 @@ int main(int argc, char** argv) {
         }
         std::cout << line;
         if (!json && cpu_ok) {
-            std::snprintf(line, sizeof line, ", server core %lld busy %.0f%% = %.2f us/msg", core, busy_share * 100,
-                          us_per_msg);
+            std::snprintf(line, sizeof line, ", server core %lld busy %.0f%% = %.2f us/msg (steal %.0f%%)", core,
+                          busy_share * 100, us_per_msg, steal_share * 100);
             std::cout << line;
         }
         std::cout << std::endl;
