@@ -192,15 +192,21 @@ def plot(rows, out):
     metrics = [("messages_per_s", "echoes per second", "throughput.svg", False),
                ("p99_us", "p99 latency (us)", "p99.svg", True),
                ("server_cpu_us_per_msg", "server CPU per echo (us)", "cpu.svg", True)]
+    # Up to a dozen lines per panel: twenty colours, markers that differ too, the peers
+    # dashed; one panel per message size, stacked, so each gets the page's full width.
+    colours = plt.get_cmap("tab20").colors
+    markers = "os^vD<>phP*Xd"
     for field, label, name, log in metrics:
-        fig, axes = plt.subplots(1, len(sizes), figsize=(5 * len(sizes), 4.2), squeeze=False)
-        for ax, size in zip(axes[0], sizes):
+        fig, axes = plt.subplots(len(sizes), 1, figsize=(9, 3.2 * len(sizes)), squeeze=False)
+        for ax, size in zip(axes[:, 0], sizes):
             for i, s in enumerate(servers):
                 pts = sorted((r for r in rows if r["server"] == s and r["size"] == size), key=lambda r: r["connections"])
-                good = [r for r in pts if r["status"] == "ok"]
+                # A value too small to measure (n/a in the tables) is 0: no point on a log axis.
+                good = [r for r in pts if r["status"] == "ok" and (not log or float(r[field] or 0) > 0)]
                 style = "-" if s.startswith("ch") else "--"
-                line, = ax.plot([r["connections"] for r in good], [r[field] for r in good], style, marker="o",
-                                markersize=3, label=s)
+                line, = ax.plot([r["connections"] for r in good], [r[field] for r in good], style,
+                                marker=markers[i % len(markers)], markersize=4, color=colours[i % len(colours)],
+                                label=s)
                 bad = [r["connections"] for r in pts if r["status"] != "ok"]
                 if bad:  # could not serve: an x on the axis, in the line's colour
                     ax.plot(bad, [0.0] * len(bad), "x", color=line.get_color(), markersize=8, clip_on=False,
@@ -210,13 +216,14 @@ def plot(rows, out):
                 ax.set_yscale("log")
             else:
                 ax.set_ylim(bottom=0)
-            ax.set_title(f"{size} B messages")
-            ax.set_xlabel("connections")
+            ax.set_title(f"{size} B messages", fontsize=10)
             ax.set_ylabel(label)
-            ax.grid(True, alpha=0.3)
-        axes[0][-1].legend(fontsize=7, loc="best")
-        fig.suptitle(f"{label}; x on the axis: the server could not serve that point", fontsize=9)
-        fig.tight_layout()
+            ax.grid(True, which="both", alpha=0.3)
+        axes[-1, 0].set_xlabel("connections")
+        handles, labels = axes[0, 0].get_legend_handles_labels()
+        fig.legend(handles, labels, loc="center right", fontsize=8, frameon=False)
+        fig.suptitle(f"{label}; x on the axis: the server could not serve that point", fontsize=10)
+        fig.tight_layout(rect=(0, 0, 0.85, 1))
         fig.savefig(os.path.join(out, name))
         plt.close(fig)
     print(f"compare: plots in {out}/throughput.svg, p99.svg, cpu.svg")
