@@ -199,6 +199,31 @@ else
 fi
 
 echo
+echo "=== chapter 14: the capstone - an engine, and a chat room on it"
+run_chapter "14 engine echo, 2 rings" "$bin/chapters/14-capstone/ch14_echo_server" 100 200 0 --threads 2
+# A live chat: three scripted clients, each a terminal program a person could use,
+# typing on a schedule; each one's screen is printed after.
+start_server "$bin/chapters/14-capstone/ch14_chat_server" --threads 2
+chat() {  # name, then lines to type, one every 0.4 s after a head start
+    local name=$1 delay=$2; shift 2
+    { sleep "$delay"; for line in "$@"; do echo "$line"; sleep 0.4; done; sleep 0.8; } |
+        "$bin/chapters/14-capstone/ch14_chat_client" --port "$port" --name "$name" >"$tmp/chat-$name.log" 2>&1
+}
+chat ana 0.2 "hello, is anyone here?" "nice to meet you, bo" "/list" &
+a=$!
+chat bo 0.4 "hi ana, bo here" "cy is coming too" &
+b=$!
+chat cy 0.9 "hi both!" "/quit" &
+c=$!
+wait "$a" "$b" "$c"
+stop_server
+for name in ana bo cy; do
+    echo "--- $name's screen"
+    cat "$tmp/chat-$name.log"
+done
+tail -n 1 "$tmp/server.log"
+
+echo
 echo "=== side by side (this machine, this run; 64-byte messages, every byte checked)"
 echo "| chapter                  | clients | rounds | round trips/s  | server threads (peak) |"
 echo "|--------------------------|--------:|-------:|---------------:|---------------------:|"

@@ -1,0 +1,134 @@
+// Chapter 14 - what the engine keeps (the Linux side): a pool buffer, the per-I/O and
+// per-handle data, a command for a worker, a slot, a worker. Chapter 13's, with two
+// changes: a connection's output is the application's bytes (a queue of strings, not
+// of received buffers), and a worker takes commands (send, close) from any thread.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <liburing.h>
+
+#include "engine/options.h"
+#include "iocp/handle.h"
+#include "iocp/net.h"
+
+namespace ch14::detail {
+
+struct Connection;
+struct Worker;
+
+using Clock = std::chrono::steady_clock;
+
+// One buffer of the worker's ring: lent only while its bytes are handed to on_data.
+struct Buffer {
+    char* data = nullptr;
+    std::uint16_t id = 0;  // its id in the worker's buffer ring
+    bool lent = false;
+};
+
+enum class Op { kRecv, kSend, kAccept, kAcceptPause, kWake, kTick };
+struct IoContext {
+    Op op;
+    Connection* connection;  // nullptr for a ring's own requests
+};
+enum class Outcome { kBytes, kPeerClosed, kFailed };
+enum class Why { kPeerFin, kPeerReset, kByUs };
+
+//! [command]
+// What another thread (or a callback on this one) asks of a worker. Commands for one
+// connection are carried out in the order they were pushed from each thread.
+struct Command {
+    enum Kind { kSend, kClose, kCloseAfterSends } kind = kSend;
+    ConnectionId id = 0;
+    std::string bytes;
+};
+//! [command]
+
+//! [connection]
+struct Connection {
+    Worker* worker = nullptr;
+    IoContext recv{};
+    IoContext send{};
+    Clock::time_point recv_deadline{};
+    Clock::time_point send_deadline{};
+    Clock::time_point linger_deadline{};  // set once FIN is sent on a close after sends
+    iocp::UniqueSocket socket;
+    std::uint32_t slot = 0;
+    std::uint32_t generation = 0;
+    int outstanding = 0;
+    bool receiving = false;   // the multishot receive is armed
+    bool waiting = false;     // in line for a buffer of the ring
+    bool paused = false;      // output at the high watermark: no receive until the low
+    bool cancelling = false;  // the armed receive's cancel (the pause) is on its way
+    int sending = 0;          // never more than 1
+    Buffer* recv_buffer = nullptr;  // the buffer the last receive's completion brought
+    bool fixed = false;       // the socket is in the ring's table of registered files
+    // The output: the application's bytes, oldest first; the head's first head_sent
+    // bytes are out. A small send joins the last string while that one is not yet out.
+    std::deque<std::string> out;
+    std::size_t head_sent = 0;
+    std::size_t queued = 0;   // bytes in `out` not yet sent: the budget's count
+    bool finishing = false;   // no more for the application: close once `out` is empty
+    bool fin_sent = false;    // finishing, and our FIN is out: reading to drop until theirs
+    bool peer_done = false;   // the peer's FIN came
+    bool told = false;        // on_close has been called
+    bool closing = false;
+    Why why = Why::kByUs;
+};
+//! [connection]
+
+struct Slot {
+    std::uint32_t generation = 1;
+    std::unique_ptr<Connection> connection;
+};
+
+//! [worker-state]
+struct Worker {
+    std::size_t index = 0;
+    std::thread thread;
+    io_uring ring{};
+    bool ring_ready = false;
+    iocp::UniqueFd doorbell;     // eventfd: clients or commands in the inbox, or stop()
+    IoContext doorbell_io{};
+    IoContext accept_io{};
+    IoContext tick_io{};
+    std::mutex inbox_mutex;      // guards the inboxes: any thread adds, this one takes
+    std::vector<iocp::UniqueSocket> inbox;
+    std::vector<Command> commands;
+    // Touched by this worker's thread only:
+    std::vector<ConnectionId> to_free;  // closed by a command with nothing in flight: freed after the batch
+    io_uring_buf_ring* buffer_ring = nullptr;
+    std::size_t ring_bytes = 0;
+    char* buffer_memory = nullptr;
+    std::size_t ring_buffers = 0;
+    std::size_t buffers_out = 0;
+    std::vector<Buffer> buffers;
+    std::vector<std::uint64_t> waiting;
+    std::vector<Slot> slots;
+    std::vector<std::uint32_t> free_slots;
+    std::size_t in_flight = 0;
+    std::size_t cancels_in_flight = 0;
+    unsigned file_slots = 0;
+    bool ring_fd_registered = false;
+    bool tick_pending = false;
+    Clock::time_point now{};
+    bool accept_pending = false;
+    bool accept_retry = false;    // the accept found no free entry: armed after the next submit
+    bool multishot = true;        // false on a kernel without multishot accept
+    bool doorbell_pending = false;
+    bool doorbell_retry = false;
+    bool draining = false;
+    Clock::time_point drain_deadline{};
+    bool gave_up = false;
+};
+//! [worker-state]
+
+}  // namespace ch14::detail
