@@ -37,7 +37,8 @@ def chapter_files(folder: Path) -> dict:
 
 def group_of(path: str):
     for key in ("iocp", "uring"):
-        if path == f"echo_{key}.cpp" or path.startswith(f"{key}/"):
+        # Chapter 14 moves the server into engine/: engine/uring/ is still the Linux server.
+        if path == f"echo_{key}.cpp" or path.startswith(f"{key}/") or path.startswith(f"engine/{key}/"):
             return key
     if "/" not in path and path not in NOT_SERVER and path.endswith((".cpp", ".h")):
         return "server"

@@ -69,7 +69,7 @@ private:
 
 const auto t0 = ch14::Clock::now();
 
-struct RoomTest : ::testing::Test {
+struct Ch14Room : ::testing::Test {
     FakeTransport net;
     ch14::Room room{net, {1000, milliseconds(0)}};
     void say(ch14::ConnectionId id, const std::string& bytes, ch14::Clock::time_point at = t0) {
@@ -98,7 +98,7 @@ std::string describe_all(const std::vector<ServerMessage>& ms) {
 }  // namespace
 
 //! [room-chat]
-TEST_F(RoomTest, TwoMembersChatInTheServersOrder) {
+TEST_F(Ch14Room, TwoMembersChatInTheServersOrder) {
     joined(1, "ana");
     joined(2, "bo");
     say(1, ch14::say_frame("hi bo"));
@@ -111,7 +111,7 @@ TEST_F(RoomTest, TwoMembersChatInTheServersOrder) {
 }
 //! [room-chat]
 
-TEST_F(RoomTest, FramesInAnySplitAreTheSame) {
+TEST_F(Ch14Room, FramesInAnySplitAreTheSame) {
     room.connected(1);
     const std::string bytes = ch14::join_frame("ana") + ch14::say_frame("one") + ch14::say_frame("two");
     for (const char ch : bytes) say(1, std::string(1, ch));
@@ -121,7 +121,7 @@ TEST_F(RoomTest, FramesInAnySplitAreTheSame) {
 }
 
 // Mistakes a person makes get an error and the connection stays: each code checked.
-TEST_F(RoomTest, MistakesAreAnsweredAndTheConnectionStays) {
+TEST_F(Ch14Room, MistakesAreAnsweredAndTheConnectionStays) {
     joined(1, "ana");
     room.connected(2);
     say(2, ch14::say_frame("hello?"));
@@ -153,7 +153,7 @@ TEST_F(RoomTest, MistakesAreAnsweredAndTheConnectionStays) {
 //! [room-closing-errors]
 // What leaves the stream unusable gets an error, then a close after it; a member that
 // goes that way is seen leaving by the others.
-TEST_F(RoomTest, AnOversizedFrameOrUnknownTypeIsAnsweredThenClosed) {
+TEST_F(Ch14Room, AnOversizedFrameOrUnknownTypeIsAnsweredThenClosed) {
     joined(1, "ana");
     joined(2, "bo");
     say(2, std::string("\x00\x10\x00\x00\x02", 5));  // 1 MiB announced
@@ -173,7 +173,7 @@ TEST_F(RoomTest, AnOversizedFrameOrUnknownTypeIsAnsweredThenClosed) {
 }
 //! [room-closing-errors]
 
-TEST_F(RoomTest, ALeaverHearsItsOwnDepartureLast) {
+TEST_F(Ch14Room, ALeaverHearsItsOwnDepartureLast) {
     joined(1, "ana");
     joined(2, "bo");
     say(2, ch14::leave_frame());
@@ -187,7 +187,7 @@ TEST_F(RoomTest, ALeaverHearsItsOwnDepartureLast) {
     EXPECT_EQ(0u, room.connections());
 }
 
-TEST_F(RoomTest, ListNamesEveryMember) {
+TEST_F(Ch14Room, ListNamesEveryMember) {
     joined(1, "cy");
     joined(2, "ana");
     joined(3, "bo");
@@ -199,7 +199,7 @@ TEST_F(RoomTest, ListNamesEveryMember) {
 }
 
 //! [room-full]
-TEST(Room, OneMoreThanMaxClientsIsToldAndClosedTheNextIsWelcome) {
+TEST(Ch14RoomRules, OneMoreThanMaxClientsIsToldAndClosedTheNextIsWelcome) {
     FakeTransport net;
     ch14::Room room(net, {2, milliseconds(0)});
     room.connected(1);
@@ -221,7 +221,7 @@ TEST(Room, OneMoreThanMaxClientsIsToldAndClosedTheNextIsWelcome) {
 //! [room-deadline]
 // The slowloris defence: a frame begun must end within the frame timeout. Trickling
 // bytes does not move the deadline; a frame that completes meets it.
-TEST(Room, AFrameTrickledPastItsDeadlineIsClosed) {
+TEST(Ch14RoomRules, AFrameTrickledPastItsDeadlineIsClosed) {
     FakeTransport net;
     ch14::Room room(net, {10, milliseconds(100)});
     const std::string say = ch14::say_frame("slowly");
@@ -240,7 +240,7 @@ TEST(Room, AFrameTrickledPastItsDeadlineIsClosed) {
 }
 //! [room-deadline]
 
-TEST_F(RoomTest, ClosingTellsEveryoneAndTurnsNewcomersAway) {
+TEST_F(Ch14Room, ClosingTellsEveryoneAndTurnsNewcomersAway) {
     joined(1, "ana");
     room.connected(2);
     room.closing();
@@ -257,7 +257,7 @@ TEST_F(RoomTest, ClosingTellsEveryoneAndTurnsNewcomersAway) {
 //! [room-order]
 // Eight members say 200 lines each from eight threads at once: every member receives
 // every broadcast once, numbered without a gap, in the same order as everyone else.
-TEST(Room, BroadcastsFromManyThreadsReachEveryMemberInOneOrder) {
+TEST(Ch14RoomRules, BroadcastsFromManyThreadsReachEveryMemberInOneOrder) {
     FakeTransport net;
     ch14::Room room(net, {100, milliseconds(0)});
     constexpr int kMembers = 8, kLines = 200;
