@@ -14,6 +14,7 @@ namespace ch14 {
 class EchoService final : public Handler {
 public:
     explicit EchoService(iocp::Endpoint where, EngineOptions options = {}) : engine_(std::move(where), *this, options) {}
+    ~EchoService() override { stop(); }  // the engine's last callbacks come while this is whole
     void start() { engine_.start(); }
     void stop() { engine_.stop(); }
     std::uint16_t port() const { return engine_.port(); }

@@ -15,6 +15,10 @@
 #include <string>
 #include <vector>
 
+#ifdef _WIN32
+#include <condition_variable>
+#endif
+
 #include "engine/options.h"
 #include "engine/state.h"
 #include "iocp/handle.h"
@@ -38,10 +42,11 @@ public:
     std::size_t threads() const { return threads_; }
 
     //! [send]
-    /// Queues `bytes` for `id`, from any thread, without waiting: the connection's own
-    /// worker sends them, in the order they were queued from each thread. False if the
-    /// engine is stopping or the id names no worker; an id whose connection has gone is
-    /// found out on its worker, and the bytes dropped there (sends_dropped()).
+    /// Queues `bytes` for `id`, from any thread, without waiting: an engine thread
+    /// sends them, in the order they were queued. False if the engine is stopping or
+    /// the id cannot be one of its connections (it names no worker, or on Windows no
+    /// slot); an id whose connection has gone is found out, and the bytes dropped
+    /// (sends_dropped()).
     bool send(ConnectionId id, std::string bytes);
     /// Ends `id`: after what is queued has gone out (then FIN, then what the client
     /// still sends is dropped until its FIN or the linger time), or at once.
@@ -70,7 +75,9 @@ public:
     std::uint64_t pool_errors() const { return pool_errors_.load(); }
     std::size_t operations_abandoned() const { return abandoned_.load(); }
     std::size_t most_bytes_queued() const { return most_queued_.load(); }
+    /// Calls that waited for completions: GetQueuedCompletionStatusEx, or io_uring_enter.
     std::uint64_t kernel_waits() const { return waits_.load(); }
+    /// Linux: the ring's completion queue overflowed (never, as sized). Windows: always 0.
     std::uint64_t completion_queue_overflows() const { return cq_overflows_.load(); }
 
 private:
@@ -84,6 +91,63 @@ private:
     using Connection = detail::Connection;
     using Slot = detail::Slot;
     using Worker = detail::Worker;
+#ifdef _WIN32
+    using AcceptContext = detail::AcceptContext;
+
+    // In the order of the files that define them.
+    // server.cpp
+    static bool providers_are_ifs(int family);
+    // accept.cpp
+    void load_extensions();
+    void post_accept(AcceptContext& a);
+    void park_accept(AcceptContext& a, const char* what, int error);
+    void retry_parked_accepts();
+    void on_accept(AcceptContext& a, bool ok, DWORD error);
+    bool update_accept_context(SOCKET accepted, const AcceptContext& a);
+    Connection* take_slot(iocp::UniqueSocket client);
+    void admit(iocp::UniqueSocket client);
+    // pool.cpp
+    Buffer* take_buffer(Connection& c);
+    void give_back(Buffer* b);
+    bool cancel_wait(Connection& c);
+    // commands.cpp
+    void push(Command cmd);
+    void run_commands(Connection& c, bool packet);
+    void on_command(Connection& c);
+    void enqueue(Connection& c, std::string bytes);
+    void finish(Connection& c);
+    // timers.cpp
+    Clock::time_point deadline_after(std::chrono::milliseconds timeout) const;
+    DWORD wait_for_tick(DWORD wait);
+    void tick();
+    bool expire(Connection& c, Clock::time_point now);
+    // io.cpp
+    bool started(Connection& c, IoContext& io, int rc, const char* call);
+    void post_peek(Connection& c);
+    void post_recv(Connection& c);
+    bool rearm(Connection& c);
+    void post_send(Connection& c);
+    void sent(Connection& c, std::size_t bytes);
+    void received(Connection& c, std::size_t bytes);
+    void advance(Connection& c, IoContext& io, Outcome outcome, std::size_t bytes, int error);
+    void settle(Connection& c, IoContext& io, Outcome outcome, std::size_t bytes, int error);
+    void run_inline(Connection& c);
+    void complete(Connection& c, IoContext& io, Outcome outcome, std::size_t bytes, int error);
+    // worker.cpp
+    Connection* find(ULONG_PTR key);
+    bool dispatch(Worker& w, BOOL ok, DWORD error, DWORD bytes, ULONG_PTR key, OVERLAPPED* overlapped);
+    void worker_loop(Worker& w);
+    // shutdown.cpp
+    void tell_close(Connection& c);
+    void close_connection(Connection& c, Why why);
+    bool retire(Connection& c);
+    void free_connection(Connection& c);
+    void close_all();
+    void post_exit();
+    void notify_if_drained();
+    void abandon();
+    static void park(std::unique_ptr<Connection> c);
+#else
 
     // In the order of the files that define them.
     // server.cpp
@@ -136,6 +200,7 @@ private:
     void close_all(Worker& w);
     void abandon();
     static void park(std::unique_ptr<Connection> c);
+#endif
 
     static bool idle(const Connection& c) { return c.outstanding == 0; }
     ConnectionId id_of(const Connection& c) const;
@@ -171,11 +236,40 @@ private:
     std::atomic<std::size_t> most_queued_{0};
     std::atomic<std::uint64_t> waits_{0};
     std::atomic<std::uint64_t> cq_overflows_{0};
+#ifdef _WIN32
+    iocp::UniqueHandle completion_port_;  // the port: ONE queue of finished I/O for every worker
+    LPFN_ACCEPTEX accept_ex_ = nullptr;
+    LPFN_GETACCEPTEXSOCKADDRS get_accept_ex_sockaddrs_ = nullptr;
+    std::vector<std::unique_ptr<AcceptContext>> accepts_;
+    mutable std::mutex accept_mutex_;        // guards accepting_, parked_, and each context's pending and socket
+    std::condition_variable accepts_done_;   // stop() waits on it for accepts_pending_ to reach 0
+    std::atomic<bool> accepting_{false};
+    int family_ = AF_INET;
+    bool skip_on_success_ = false;
+    std::vector<AcceptContext*> parked_;
+    std::atomic<std::size_t> parked_count_{0};
+    // The locks, in the order they may be taken: mutex_ (the table), a connection's
+    // mutex, then a slot's lock or pool_mutex_, which nothing is taken inside.
+    std::mutex mutex_;                // guards taking and freeing slots; the sweeps walk under it
+    std::condition_variable drained_; // stop() waits on it for in_flight_ to reach 0
+    std::unique_ptr<Slot[]> slots_;   // the connection table: max_clients entries
+    std::size_t slot_count_ = 0;
+    std::atomic<std::size_t> slots_used_{0};
+    std::vector<std::uint32_t> free_slots_;
+    std::atomic<Clock::rep> next_tick_{0};  // when the next tick is due (a Clock count)
+    std::mutex tick_mutex_;           // one tick at a time: on_tick is never called twice at once
+    std::mutex pool_mutex_;
+    Buffer* free_buffers_ = nullptr;
+    std::vector<std::unique_ptr<Buffer>> pool_;
+    std::vector<std::unique_ptr<char[]>> pool_memory_;
+    std::vector<Connection*> waiters_;
+#else
     bool single_issuer_ = false;
     __kernel_timespec accept_pause_{};
     __kernel_timespec tick_ts_{};
     std::size_t next_worker_ = 0;  // round robin; the accepting worker's thread only
     std::unique_ptr<std::latch> set_up_;
+#endif
 };
 //! [engine-class]
 

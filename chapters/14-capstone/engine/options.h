@@ -58,7 +58,8 @@ public:
     /// error, a timeout, the budget, close(), or stop(). What was queued before may
     /// still be on its way out.
     virtual void on_close(ConnectionId id) = 0;
-    /// Every tick, from one thread: for the application's own deadlines.
+    /// Every tick, one call at a time: for the application's own deadlines. (Linux:
+    /// always worker 0's thread; Windows: whichever worker finds the tick due.)
     virtual void on_tick(std::chrono::steady_clock::time_point now) { static_cast<void>(now); }
 };
 //! [handler]
