@@ -194,6 +194,56 @@ TEST(Ch14Chat, BadInputIsAnsweredAndClosedWhileOthersChat) {
 }
 //! [faults]
 
+//! [every-point]
+// A client that goes at every point of a conversation (before joining, inside its join
+// frame, joined, inside a say, after a say), in each way a client goes (a reset, a
+// half-close, a close): the server takes each in its stride, the member beside it
+// hears the departures of those that had joined, and keeps chatting.
+TEST(Ch14Chat, ResetsAndHalfClosesAtEveryPointLeaveTheRoomWhole) {
+    CH14_START_CHAT(chat);
+    const iocp::Endpoint at{"127.0.0.1", chat->port()};
+    auto witness = ChatClient::connect(at);
+    witness.join("witness");
+    witness.read();
+    const std::string join = ch14::join_frame("victim");
+    const std::string say = ch14::say_frame("last words");
+    const std::vector<std::string> points = {"", join.substr(0, 6), join, join + say.substr(0, 7), join + say};
+    enum class End { kReset, kHalfClose, kClose };
+    int departures = 0;
+    for (std::size_t p = 0; p < points.size(); ++p) {
+        for (const End end : {End::kReset, End::kHalfClose, End::kClose}) {
+            auto victim = ChatClient::connect(at);
+            if (!points[p].empty()) victim.send(points[p]);
+            const bool joined = p >= 2;
+            if (joined) {
+                EXPECT_EQ(Type::kWelcome, victim.read().type) << "point " << p;
+            }
+            if (end == End::kReset) {
+                victim.socket().reset();
+            } else if (end == End::kHalfClose) {
+                victim.socket().shutdown_send();
+                last_before_close(victim);  // what it was sent, then the server's FIN
+            } else {
+                victim.socket().close();
+            }
+            if (joined) {  // the witness sees it join, maybe speak, and leave
+                ServerMessage m;
+                do m = witness.read(); while (m.type != Type::kLeft);
+                EXPECT_EQ("victim", m.name);
+                ++departures;
+            }
+            ASSERT_TRUE(eventually([&] { return chat->room().connections() == 1; }))
+                << "point " << p << ", end " << static_cast<int>(end) << ": " << counts(*chat);
+        }
+    }
+    EXPECT_EQ(9, departures);
+    witness.send(ch14::say_frame("still here"));
+    ServerMessage m;
+    do m = witness.read(); while (m.type != Type::kMessage || m.text != "still here");
+    ASSERT_TRUE(eventually([&] { return chat->engine().live_connections() == 1; })) << counts(*chat);
+}
+//! [every-point]
+
 //! [slowloris]
 TEST(Ch14Chat, AFrameTrickledPastTheFrameDeadlineIsClosed) {
     CH14_START_CHAT(chat, {100, milliseconds(400)});
