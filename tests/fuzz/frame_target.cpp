@@ -48,6 +48,8 @@ Outcome decode(std::string_view stream, std::uint8_t seed) {
             require(used <= chunk.size(), "feed took more than it was given");
             current.append(chunk.substr(0, used));
             chunk.remove_prefix(used);
+            // The slack is the string's own floor, not the decoder's: a fresh string
+            // asked for a few bytes takes about 30 (libstdc++), whatever the frame.
             require(d.capacity() <= ch14::kMaxPayload + 32, "the decoder reserved past the maximum");
             if (r == ch14::Decoded::kTooLarge) {
                 require(used <= ch14::kHeaderSize, "a refused frame took more than its header");

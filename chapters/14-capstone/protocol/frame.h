@@ -48,7 +48,8 @@ public:
     /// The announced length of the frame that was refused (after kTooLarge).
     std::uint64_t refused_length() const { return refused_; }
 
-    /// Bytes reserved for payloads so far: never more than the maximum (a test checks).
+    /// Bytes reserved for payloads so far: the largest frame seen, not more (the fuzzer
+    /// checks; a string's own small floor aside).
     std::size_t capacity() const { return frame_.payload.capacity(); }
 
 private:
